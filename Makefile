@@ -1,0 +1,39 @@
+# Two commands do everything on a fresh machine:
+#   make demo   -> creates .venv, installs hf-salt, runs `hf-salt demo` on the embedded WikiText-2
+#   make test   -> same set-up, then the whole test suite
+#
+# torch: the default set-up pins one release (TORCH=torch==2.13.0). On the CI machines this
+# resolves to a CPU wheel on local disk; elsewhere pip takes the platform's default build of that
+# release. Bring your own:  make demo TORCH=torch  (keeps whatever torch the venv has), or
+# `pip install -e .` into an environment that already has torch (pyproject only asks torch>=2.4).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+EXTRAS ?= test
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip -q --disable-pip-version-check
+STAMP := $(VENV)/.hf-salt-installed
+
+.PHONY: demo test lint install clean
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install "$(TORCH)"
+	$(PIP) install -e ".[$(EXTRAS)]"
+	@touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/hf-salt demo $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --durations=15 tests $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check hf_salt tests benchmarks examples
+	$(VENV)/bin/ruff format --check hf_salt tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) build *.egg-info outputs

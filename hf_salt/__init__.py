@@ -1,0 +1,61 @@
+"""hf-salt: make language-model training cheaper by putting small models to work.
+
+The public API is imported lazily, so `import hf_salt` (and the CLI) start fast and a
+missing optional dependency only fails the feature that needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY: dict[str, str] = {
+    # SALT
+    "SALTConfig": "hf_salt.trainers.salt_config",
+    "SALTTrainer": "hf_salt.trainers.salt_trainer",
+    "KDScheduleCallback": "hf_salt.schedules",
+    "kd_weight_at": "hf_salt.schedules",
+    "fused_kd_loss": "hf_salt.losses",
+    # SALT_DS
+    "SALTDSCollator": "hf_salt.salt_ds",
+    # distilling step-by-step
+    "StepByStepConfig": "hf_salt.trainers.step_by_step_config",
+    "StepByStepTrainer": "hf_salt.trainers.step_by_step_trainer",
+    "StepByStepCollator": "hf_salt.trainers.step_by_step_collator",
+    # data and models
+    "load_corpus": "hf_salt.data",
+    "load_tokenizer": "hf_salt.data",
+    "train_tokenizer": "hf_salt.data",
+    "pack_dataset": "hf_salt.data",
+    "build_model": "hf_salt.zoo",
+    "build_config": "hf_salt.zoo",
+}
+
+# sub-packages reachable as attributes: hf_salt.hypercloning, hf_salt.salt_ds, ...
+_SUBMODULES = {"hypercloning", "salt_ds", "data", "zoo", "losses", "schedules", "trainers", "cli"}
+
+__all__ = sorted(_LAZY) + sorted(_SUBMODULES) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        module = importlib.import_module(f"hf_salt.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'hf_salt' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from hf_salt.data import load_corpus, load_tokenizer, pack_dataset, train_tokenizer  # noqa: F401
+    from hf_salt.zoo import build_config, build_model  # noqa: F401
