@@ -1,0 +1,107 @@
+"""Time and peak memory (RSS) of HyperCloning a Llama-style model on the CPU.
+
+The source is built from a config with random weights (no download); the default is Llama-3.2-1B's shape
+(hidden 2048, FFN 8192, 16 layers, 32 heads / 8 kv heads, vocab 128256, tied), grown 2x -> ~4.4B.
+
+    python benchmarks/hypercloning_speed.py --dtype bfloat16 --width 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import threading
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from hf_salt import hypercloning as hc
+
+
+def rss_gb() -> float:
+    with open(f"/proc/{os.getpid()}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
+class PeakRSS:
+    """Samples RSS every 20 ms in a thread (ru_maxrss would include everything before the clone)."""
+
+    def __enter__(self) -> PeakRSS:
+        self.peak, self._stop = rss_gb(), threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, rss_gb())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_gb())
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hidden", type=int, default=2048)
+    ap.add_argument("--ffn", type=int, default=8192)
+    ap.add_argument("--layers", type=int, default=16)
+    ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--kv-heads", type=int, default=8)
+    ap.add_argument("--vocab", type=int, default=128256)
+    ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    ap.add_argument("--width", type=int, default=2)
+    ap.add_argument("--snr-db", type=float, default=None)
+    ap.add_argument(
+        "--verify", action="store_true", help="also run verify() on 1x8 tokens (slow for big models)"
+    )
+    args = ap.parse_args()
+    dtype = getattr(torch, args.dtype)
+    cfg = LlamaConfig(
+        hidden_size=args.hidden, intermediate_size=args.ffn, num_hidden_layers=args.layers,
+        num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, vocab_size=args.vocab,
+        tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    with torch.device("meta"):
+        src = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    src = src.to_empty(device="cpu")
+    with torch.no_grad():  # cheap random weights: HF's init is not what we measure
+        for p in src.parameters():
+            p.uniform_(-0.02, 0.02)
+        inv_freq = 1.0 / (500000.0 ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float) / cfg.head_dim))
+        src.model.rotary_emb.inv_freq.copy_(inv_freq)  # to_empty left the RoPE buffers uninitialised
+        src.model.rotary_emb.original_inv_freq.copy_(inv_freq)
+    src.tie_weights()
+    src.eval()
+    before = rss_gb()
+    print(
+        f"source: {n_params(src) / 1e9:.3f}B params {args.dtype}, built in {time.perf_counter() - t0:.1f}s, RSS {before:.2f} GB"
+    )
+    with PeakRSS() as peak:
+        t = time.perf_counter()
+        big = hc.clone(src, args.width, snr_db=args.snr_db, warn_symmetry=False)
+        secs = time.perf_counter() - t
+    print(
+        f"clone {args.width}x: {n_params(big) / 1e9:.3f}B params in {secs:.1f}s on {torch.get_num_threads()} threads; "
+        f"RSS {before:.2f} -> peak {peak.peak:.2f} GB (+{peak.peak - before:.2f}); "
+        f"destination tensors {sum(t.numel() * t.element_size() for t in {id(p): p for p in big.parameters()}.values()) / 2**30:.2f} GB; "
+        f"ru_maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB"
+    )
+    if args.verify:
+        t = time.perf_counter()
+        diff = hc.verify(src, big, batch_size=1, seq_len=8)
+        print(
+            f"verify ({args.dtype}, 1x8 tokens): max |logit diff| {diff:.3e} in {time.perf_counter() - t:.1f}s"
+        )
+
+
+if __name__ == "__main__":
+    main()

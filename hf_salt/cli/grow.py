@@ -1,0 +1,157 @@
+"""`hf-salt grow SRC DST`: HyperClone a causal LM into a wider (and optionally deeper) one.
+
+SRC is a local model folder (or a hub id, or an hf-salt zoo preset); DST is written completely or not at
+all. The grown model is checked against the source before anything is written.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hf_salt.cli.parser import Command
+
+_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class GrowArguments:
+    src: str = field(
+        metadata={"help": "Source: a local model folder, a hub id, or an hf-salt zoo preset name."}
+    )
+    dst: str = field(metadata={"help": "Output folder for the grown model (must not exist or be empty)."})
+    width_multiplier: int = field(
+        default=2, metadata={"help": "Hidden size and attention heads grow by this integer."}
+    )
+    ffn_multiplier: int | None = field(
+        default=None, metadata={"help": "MLP width grows by this integer (default: the width multiplier)."}
+    )
+    snr_db: float | None = field(
+        default=None,
+        metadata={
+            "help": "Add function-preserving noise at this signal-to-noise ratio in dB (e.g. 10) to break symmetry."
+        },
+    )
+    depth_multiplier: int = field(
+        default=1, metadata={"help": "Layers grow by this integer; new blocks start as exact identities."}
+    )
+    depth_mode: str = field(
+        default="interleave",
+        metadata={
+            "help": "Where new blocks go: interleave (after each block) or append (on top).",
+            "choices": ["interleave", "append"],
+        },
+    )
+    untie_word_embeddings: bool = field(
+        default=False,
+        metadata={"help": "Give the grown model its own output head even if the source ties it."},
+    )
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Dtype of the grown model: auto (the source's), float32, bfloat16, float16.",
+            "choices": list(_DTYPES),
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the symmetry-breaking noise."})
+    verify: bool = field(
+        default=True, metadata={"help": "Compare the grown model's logits with the source's before writing."}
+    )
+    tolerance: float = field(
+        default=1e-4,
+        metadata={
+            "help": "Largest logit difference accepted in float32 (other dtypes are reported, not checked)."
+        },
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Replace DST if it exists."})
+
+    def __post_init__(self) -> None:
+        for name in ("width_multiplier", "depth_multiplier") + (
+            ("ffn_multiplier",) if self.ffn_multiplier else ()
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}.")
+        if self.depth_mode not in ("interleave", "append"):
+            raise ValueError("--depth_mode must be interleave or append.")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"--dtype must be one of {', '.join(_DTYPES)}.")
+        dst = Path(self.dst)
+        if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not self.overwrite:
+            raise ValueError(f"{self.dst} exists and is not empty; choose another DST or pass --overwrite.")
+
+
+def _load_source(src: str) -> tuple[Any, Any]:
+    """Model and (if any) tokenizer: a folder or hub id via the Auto classes, else a zoo preset."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not Path(src).exists():
+        try:
+            from hf_salt import zoo
+        except ImportError:
+            zoo = None  # type: ignore[assignment]
+        if zoo is not None and src in zoo.PRESETS:
+            return zoo.build_model(src, seed=0, attn_implementation="eager"), None
+    model = AutoModelForCausalLM.from_pretrained(src, dtype="auto")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src)
+    except Exception:  # a model folder without tokenizer files is fine
+        tokenizer = None
+    return model, tokenizer
+
+
+def run(args: GrowArguments) -> int:
+    from hf_salt.hypercloning import clone, save_pretrained_atomic, verify
+
+    model, tokenizer = _load_source(args.src)
+    model.eval()
+    try:
+        grown = clone(
+            model,
+            args.width_multiplier,
+            args.ffn_multiplier,
+            args.snr_db,
+            tie_word_embeddings=False if args.untie_word_embeddings else None,
+            torch_dtype=_DTYPES[args.dtype],
+            depth_multiplier=args.depth_multiplier,
+            depth_mode=args.depth_mode,  # type: ignore[arg-type]
+            seed=args.seed,
+            progress=True,
+        )
+    except (ValueError, NotImplementedError) as err:
+        print(f"hf-salt grow: error: {err}", file=sys.stderr)
+        return 2
+    n_src = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    n_dst = sum(p.numel() for p in {id(p): p for p in grown.parameters()}.values())
+    summary = f"{type(grown).__name__}: {n_src / 1e6:.2f}M -> {n_dst / 1e6:.2f}M parameters"
+    if args.verify:
+        diff = verify(model, grown)
+        dtype = next(grown.parameters()).dtype
+        exact = dtype == torch.float32 and next(model.parameters()).dtype == torch.float32
+        summary += f"; verify: max |logit difference| = {diff:.2e} on 2x16 random tokens ({str(dtype).split('.')[-1]})"
+        if exact and diff > args.tolerance:
+            print(f"{summary} > tolerance {args.tolerance:g}: NOT written.", file=sys.stderr)
+            return 1
+        summary += ", OK" if exact else ", reported (only float32 is checked)"
+    save_pretrained_atomic(grown, args.dst, tokenizer=tokenizer, overwrite=args.overwrite)
+    print(f"{summary}; saved to {args.dst}")
+    return 0
+
+
+class _GrowCommand(Command):
+    """Accepts `SRC DST` positionally as well as `--src/--dst`."""
+
+    def main(self, argv: Sequence[str], prog: str | None = None) -> int:
+        argv = list(argv)
+        positional: list[str] = []
+        while argv and not argv[0].startswith("-") and len(positional) < 2:
+            positional.append(argv.pop(0))
+        flags = [f"--{name}" for name in ("src", "dst")[: len(positional)]]
+        return super().main([x for pair in zip(flags, positional) for x in pair] + argv, prog=prog)
+
+
+COMMAND = _GrowCommand([GrowArguments], run, description=__doc__)

@@ -1,0 +1,418 @@
+"""HyperCloning: exact function preservation on tiny random models of every supported family."""
+
+from __future__ import annotations
+
+import functools
+import re
+import warnings
+from collections.abc import Callable
+
+import pytest
+import torch
+import transformers as T
+
+from hf_salt import hypercloning as hc
+
+ATOL = 1e-5
+VOCAB = 64
+_COMMON = {"vocab_size": VOCAB, "num_hidden_layers": 2, "attn_implementation": "eager"}
+_LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
+
+# name -> config factory; together: MHA / GQA / MQA, tied / untied, biases, fused layouts, learned positions
+FAMILIES: dict[str, Callable[[], T.PretrainedConfig]] = {
+    "llama3-gqa-rope-scaling": lambda: T.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=48,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_parameters=_LLAMA3_ROPE,
+        **_COMMON,
+    ),
+    "llama-mqa-tied": lambda: T.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=48,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
+        **_COMMON,
+    ),
+    "mistral-mha": lambda: T.MistralConfig(
+        hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=4, **_COMMON
+    ),
+    "qwen2-bias": lambda: T.Qwen2Config(
+        hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2, **_COMMON
+    ),
+    "qwen3-qknorm": lambda: T.Qwen3Config(
+        hidden_size=32,
+        intermediate_size=48,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        tie_word_embeddings=True,
+        **_COMMON,
+    ),
+    "gemma-mqa": lambda: T.GemmaConfig(
+        hidden_size=32,
+        intermediate_size=48,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=8,
+        **_COMMON,
+    ),
+    "gemma2-softcap": lambda: T.Gemma2Config(
+        hidden_size=32,
+        intermediate_size=48,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        query_pre_attn_scalar=12,
+        attn_logit_softcapping=5.0,
+        final_logit_softcapping=3.0,
+        sliding_window=4,
+        **_COMMON,
+    ),
+    "phi3-fused": lambda: T.Phi3Config(
+        hidden_size=32,
+        intermediate_size=48,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=0,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+        **_COMMON,
+    ),
+    "gpt2": lambda: T.GPT2Config(
+        n_embd=32, n_head=4, n_layer=2, vocab_size=VOCAB, n_positions=64, attn_implementation="eager"
+    ),
+    "gpt-neox-partial-rotary": lambda: T.GPTNeoXConfig(
+        hidden_size=32, intermediate_size=48, num_attention_heads=4, rotary_pct=0.25, **_COMMON
+    ),
+    "opt-project-in-out": lambda: T.OPTConfig(
+        hidden_size=32,
+        ffn_dim=48,
+        num_attention_heads=4,
+        word_embed_proj_dim=16,
+        max_position_embeddings=64,
+        **_COMMON,
+    ),
+    "opt-no-projection": lambda: T.OPTConfig(
+        hidden_size=32,
+        ffn_dim=48,
+        num_attention_heads=4,
+        word_embed_proj_dim=32,
+        max_position_embeddings=64,
+        **_COMMON,
+    ),
+}
+
+
+def _randomise(model: T.PreTrainedModel, seed: int = 0) -> T.PreTrainedModel:
+    """Large random weights, non-trivial norm gains and biases: a wrong rule shows up as an O(1) error."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            noise = torch.randn(p.shape, generator=g)
+            p.copy_(noise * 0.1 if p.dim() > 1 else p + noise * 0.3)
+    return model
+
+
+@functools.cache
+def _source(name: str) -> T.PreTrainedModel:
+    torch.manual_seed(0)
+    return _randomise(T.AutoModelForCausalLM.from_config(FAMILIES[name]())).eval()
+
+
+def _clone(model: T.PreTrainedModel, *args, **kwargs) -> T.PreTrainedModel:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return hc.clone(model, *args, **kwargs)
+
+
+def test_every_supported_family_is_tested() -> None:
+    tested = {FAMILIES[name]().model_type for name in FAMILIES}
+    assert tested == set(hc.supported_model_types())
+
+
+@pytest.mark.parametrize("n, m, snr", [(2, None, None), (2, 3, 10.0), (3, 1, None), (4, 2, 10.0)])
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_clone_is_exact(name: str, n: int, m: int | None, snr: float | None) -> None:
+    src = _source(name)
+    big = _clone(src, n, m, snr_db=snr)
+    assert type(big) is type(src)
+    s, b = hc.get_adapter(src.config).shape(src.config), hc.get_adapter(big.config).shape(big.config)
+    assert (b.hidden, b.ffn, b.heads, b.head_dim) == (s.hidden * n, s.ffn * (m or n), s.heads * n, s.head_dim)
+    assert b.kv_heads == (1 if s.kv_heads == 1 and s.heads > 1 else s.kv_heads * n)
+    assert big.config.tie_word_embeddings == src.config.tie_word_embeddings
+    if big.config.tie_word_embeddings:
+        assert big.get_output_embeddings().weight is big.get_input_embeddings().weight
+    # the source's scale is O(1): an absolute tolerance of 1e-5 is meaningful
+    assert hc.verify(src, big) <= ATOL
+    assert hc.hidden_state_error(src, big) <= ATOL
+
+
+@pytest.mark.parametrize("name", ["llama3-gqa-rope-scaling", "gpt2", "phi3-fused"])
+def test_noise_changes_weights_but_not_outputs(name: str) -> None:
+    src = _source(name)
+    plain, noisy = _clone(src, 2), _clone(src, 2, snr_db=10.0)
+    assert hc.verify(src, noisy) <= ATOL
+    changed = [k for k, v in plain.state_dict().items() if not torch.equal(v, noisy.state_dict()[k])]
+    assert changed, "snr_db must perturb the weights"
+    # embeddings, norms and the output head are never noised
+    assert all(noisy.state_dict()[k].dim() == 2 for k in changed)
+    assert not any(k.endswith(("embed_tokens.weight", "wte.weight", "lm_head.weight")) for k in changed)
+    # the noise power follows snr_db: ~10 dB below the block power
+    w_plain, w_noisy = (x.state_dict()[changed[0]] for x in (plain, noisy))
+    ratio = (w_noisy - w_plain).pow(2).mean() / w_plain.pow(2).mean()
+    assert 0.05 < float(ratio) < 0.15
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_save_and_reload_gives_the_same_function(name: str, tmp_path) -> None:
+    src = _source(name)
+    big = _clone(src, 2, snr_db=10.0)
+    hc.save_pretrained_atomic(big, tmp_path / "big")
+    loaded = T.AutoModelForCausalLM.from_pretrained(tmp_path / "big")
+    assert type(loaded) is type(src)
+    assert loaded.config.hypercloning["width_multiplier"] == 2
+    assert hc.verify(src, loaded) <= ATOL
+    if src.config.tie_word_embeddings:
+        assert loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight
+
+
+@pytest.mark.parametrize("name", ["llama-mqa-tied", "gemma-mqa", "gpt2", "opt-no-projection"])
+def test_untie_a_tied_model(name: str, tmp_path) -> None:
+    src = _source(name)
+    assert src.config.tie_word_embeddings
+    big = _clone(src, 2, tie_word_embeddings=False)
+    assert not big.config.tie_word_embeddings
+    assert big.get_output_embeddings().weight is not big.get_input_embeddings().weight
+    assert big.config.hypercloning["final_norm_scale"] == 1.0
+    assert hc.verify(src, big) <= ATOL
+    assert hc.hidden_state_error(src, big) <= ATOL
+    big.save_pretrained(tmp_path)
+    assert hc.verify(src, T.AutoModelForCausalLM.from_pretrained(tmp_path)) <= ATOL
+
+
+def test_cannot_tie_an_untied_model() -> None:
+    with pytest.raises(ValueError, match="not tied"):
+        hc.clone(_source("qwen2-bias"), 2, snr_db=1.0, tie_word_embeddings=True)
+
+
+def test_clone_owns_its_memory() -> None:
+    """No destination tensor aliases a source tensor (q/k norms are copied, not shared)."""
+    src = _source("qwen3-qknorm")
+    big = _clone(src, 2)
+    src_ptrs = {t.data_ptr() for t in src.state_dict().values()}
+    assert not src_ptrs & {t.data_ptr() for t in big.state_dict().values()}
+    assert torch.equal(
+        big.model.layers[0].self_attn.q_norm.weight, src.model.layers[0].self_attn.q_norm.weight
+    )
+
+
+def test_bf16_clone_reports_its_difference() -> None:
+    src = _source("llama3-gqa-rope-scaling")
+    big = _clone(src, 2, torch_dtype=torch.bfloat16)
+    assert {p.dtype for p in big.parameters()} == {torch.bfloat16}
+    assert big.config.dtype == torch.bfloat16
+    diff = hc.verify(src, big)
+    assert 0.0 < diff < 1.0  # not exact, but the same function up to bf16 rounding
+
+
+def _train_steps(model: T.PreTrainedModel, steps: int = 5) -> None:
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        ids = torch.randint(0, VOCAB, (4, 12), generator=g)
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+
+@pytest.mark.parametrize("snr", [None, 10.0])
+def test_symmetry_breaking(snr: float | None) -> None:
+    src = _source("llama3-gqa-rope-scaling")
+    big = _clone(src, 2, snr_db=snr)
+    _train_steps(big)
+    d = src.config.hidden_size
+    w = big.model.layers[0].mlp.up_proj.weight.detach()  # (2f, 2d): rows and columns are both copies
+    f = src.config.intermediate_size
+    col_gap = float((w[:, :d] - w[:, d:]).abs().max())
+    row_gap = float((w[:f] - w[f:]).abs().max())
+    hidden = big(torch.arange(10)[None], output_hidden_states=True).hidden_states[1][0].detach()
+    half_gap = float((hidden[:, :d] - hidden[:, d:]).abs().max())
+    if snr is None:  # identical gradients forever: the copies never separate
+        assert col_gap == 0.0 and row_gap == 0.0 and half_gap == 0.0
+    else:
+        assert col_gap > 1e-3 and row_gap > 1e-3 and half_gap > 1e-3
+
+
+def test_symmetry_warning() -> None:
+    src = _source("llama3-gqa-rope-scaling")
+    with pytest.warns(UserWarning, match="stay identical"):
+        hc.clone(src, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hc.clone(src, 2, snr_db=10.0)
+        hc.clone(_source("gpt2"), 2)  # GPT-2 has dropout 0.1: training breaks the symmetry
+        hc.grow_depth(src, 2)  # depth growth alone creates no copies
+
+
+# ---------------------------------------------------------------- depth growth
+@pytest.mark.parametrize("mode", ["interleave", "append"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "llama3-gqa-rope-scaling",
+        "gemma2-softcap",
+        "gpt2",
+        "gpt-neox-partial-rotary",
+        "opt-no-projection",
+        "phi3-fused",
+    ],
+)
+def test_depth_growth_is_exact_and_composes_with_width(name: str, mode: str, tmp_path) -> None:
+    src = _source(name)
+    adapter = hc.get_adapter(src.config)
+    n_layers = getattr(src.config, adapter.num_layers_key)
+    deep = hc.grow_depth(src, 2, depth_mode=mode)
+    assert getattr(deep.config, adapter.num_layers_key) == 2 * n_layers
+    assert hc.verify(src, deep) <= ATOL
+    wide_deep = _clone(src, 2, 2, snr_db=10.0, depth_multiplier=3, depth_mode=mode)
+    assert getattr(wide_deep.config, adapter.num_layers_key) == 3 * n_layers
+    assert hc.verify(src, wide_deep) <= ATOL
+    types = getattr(src.config, "layer_types", None)
+    if types:
+        assert len(wide_deep.config.layer_types) == 3 * n_layers
+    # a new block's residual outputs start at zero, its other weights are its own copies
+    new_idx = 1 if mode == "interleave" else n_layers
+    new_params = {}
+    for k, v in wide_deep.state_dict().items():
+        match = re.match(adapter.layer_pattern, k)
+        if match and int(match.group(2)) == new_idx:
+            new_params[match.group(3)] = v
+    zeroed = [k for k in new_params if any(re.search(r, k) for r in adapter.residual_outputs)]
+    assert len(zeroed) >= 2 and all(torch.count_nonzero(new_params[k]) == 0 for k in zeroed)
+    assert all(torch.count_nonzero(v) > 0 for k, v in new_params.items() if k not in zeroed)
+    ptrs = [t.data_ptr() for t in wide_deep.state_dict().values()]
+    tied = 1 if wide_deep.config.tie_word_embeddings else 0
+    assert len(set(ptrs)) == len(ptrs) - tied
+    wide_deep.save_pretrained(tmp_path)
+    assert hc.verify(src, T.AutoModelForCausalLM.from_pretrained(tmp_path)) <= ATOL
+
+
+def test_depth_growth_refuses_post_norm_and_layer_index_scaling() -> None:
+    post_norm = T.OPTConfig(
+        hidden_size=16, ffn_dim=24, num_attention_heads=2, do_layer_norm_before=False, **_COMMON
+    )
+    with pytest.raises(ValueError, match="do_layer_norm_before"):
+        hc.grow_depth(T.AutoModelForCausalLM.from_config(post_norm), 2)
+    cfg = T.GPT2Config(n_embd=16, n_head=2, n_layer=2, vocab_size=VOCAB, scale_attn_by_inverse_layer_idx=True)
+    gpt2 = _randomise(T.AutoModelForCausalLM.from_config(cfg)).eval()
+    with pytest.raises(ValueError, match="append"):
+        hc.grow_depth(gpt2, 2)
+    assert hc.verify(gpt2, hc.grow_depth(gpt2, 2, depth_mode="append")) <= ATOL
+
+
+# ---------------------------------------------------------------- bad input: clear errors before any work
+@pytest.mark.parametrize("bad", [0, -2, 1.5, "2", True, None])
+def test_bad_multipliers(bad, monkeypatch) -> None:
+    monkeypatch.setattr(hc.core, "_empty_model", lambda *a: pytest.fail("allocated before validating"))
+    src = _source("llama3-gqa-rope-scaling")
+    with pytest.raises(ValueError, match="positive integer"):
+        hc.clone(src, bad)
+    if bad is not None:
+        with pytest.raises(ValueError, match="positive integer"):
+            hc.clone(src, 2, bad)
+        with pytest.raises(ValueError, match="positive integer"):
+            hc.clone(src, 2, depth_multiplier=bad)
+        # from_pretrained validates before it reads anything
+        with pytest.raises(ValueError, match="positive integer"):
+            hc.from_pretrained("/nonexistent/model/folder", bad)
+
+
+def test_unsupported_architecture() -> None:
+    cfg = T.BloomConfig(vocab_size=VOCAB, hidden_size=16, n_layer=1, n_head=2)
+    with pytest.raises(
+        NotImplementedError, match=r"(?s)bloom.*Supported families: .*llama.*register_adapter"
+    ):
+        hc.clone(T.AutoModelForCausalLM.from_config(cfg), 2)
+
+
+def test_head_layout_that_cannot_grow(monkeypatch) -> None:
+    monkeypatch.setattr(hc.core, "_empty_model", lambda *a: pytest.fail("allocated before validating"))
+    model = _source("llama3-gqa-rope-scaling")
+    bad = model.config.__class__.from_dict(model.config.to_dict())
+    bad.num_key_value_heads = 3  # 4 query heads cannot share 3 kv heads
+    monkeypatch.setattr(model, "config", bad)
+    with pytest.raises(ValueError, match="multiple of the number of kv heads"):
+        hc.clone(model, 2)
+
+
+def test_unknown_parameter_layout(monkeypatch) -> None:
+    monkeypatch.setattr(hc.core, "_empty_model", lambda *a: pytest.fail("allocated before validating"))
+    model = _source("llama3-gqa-rope-scaling")
+    cfg = model.config.__class__.from_dict(model.config.to_dict())
+    cfg.intermediate_size = 40  # config disagrees with the weights
+    monkeypatch.setattr(model, "config", cfg)
+    with pytest.raises(NotImplementedError, match="down_proj|up_proj|gate_proj"):
+        hc.clone(model, 2)
+
+
+def test_quantized_and_meta_models(monkeypatch) -> None:
+    monkeypatch.setattr(hc.core, "_empty_model", lambda *a: pytest.fail("allocated before validating"))
+    cfg = FAMILIES["llama3-gqa-rope-scaling"]()
+    with torch.device("meta"):
+        meta = T.AutoModelForCausalLM.from_config(cfg)
+    with pytest.raises(ValueError, match="meta device"):
+        hc.clone(meta, 2)
+    model = T.AutoModelForCausalLM.from_config(cfg)
+    model.config.quantization_config = {"quant_method": "bitsandbytes", "load_in_8bit": True}
+    with pytest.raises(ValueError, match="quantized"):
+        hc.clone(model, 2)
+
+
+def test_atomic_save_writes_nothing_on_failure(tmp_path, monkeypatch) -> None:
+    model = _source("llama-mqa-tied")
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(model, "save_pretrained", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        hc.save_pretrained_atomic(model, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("x")
+    with pytest.raises(FileExistsError):
+        hc.save_pretrained_atomic(_source("gpt2"), tmp_path / "taken")
+
+
+def test_tied_head_without_affine_final_norm_is_untied() -> None:
+    cfg = T.OPTConfig(
+        hidden_size=16, ffn_dim=24, num_attention_heads=2, word_embed_proj_dim=16, max_position_embeddings=64,
+        layer_norm_elementwise_affine=False, **_COMMON,
+    )  # fmt: skip
+    src = _randomise(T.AutoModelForCausalLM.from_config(cfg)).eval()
+    with pytest.warns(UserWarning, match="untied"):
+        big = hc.clone(src, 2, snr_db=10.0)
+    assert not big.config.tie_word_embeddings
+    assert hc.verify(src, big) <= ATOL
+    with pytest.raises(ValueError, match="no affine final norm"):
+        hc.clone(src, 2, snr_db=10.0, tie_word_embeddings=True)
+
+
+def test_from_pretrained_accepts_a_folder_or_a_model(tmp_path) -> None:
+    src = _source("gemma-mqa")
+    src.save_pretrained(tmp_path)
+    for source in (tmp_path, src):
+        big = hc.from_pretrained(source, 2, 3, snr_db=10.0)
+        assert type(big) is type(src) and big.config.intermediate_size == 3 * src.config.intermediate_size
+        assert hc.verify(src, big) <= ATOL

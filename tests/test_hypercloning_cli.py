@@ -1,0 +1,75 @@
+"""`hf-salt grow SRC DST`: round trip through the command line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as T
+
+from hf_salt import hypercloning as hc
+from hf_salt.cli.main import main
+
+
+@pytest.fixture(scope="module")
+def src_dir(tmp_path_factory) -> tuple:
+    torch.manual_seed(0)
+    cfg = T.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        attn_implementation="eager",
+    )
+    model = T.AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.1)
+    path = tmp_path_factory.mktemp("src") / "model"
+    model.save_pretrained(path)
+    return path, model
+
+
+def test_grow_round_trip(src_dir, tmp_path, capsys) -> None:
+    path, model = src_dir
+    dst = tmp_path / "grown"
+    rc = main(
+        [
+            "grow",
+            str(path),
+            str(dst),
+            "--width-multiplier",
+            "2",
+            "--ffn-multiplier",
+            "3",
+            "--snr-db",
+            "10",
+            "--depth-multiplier",
+            "2",
+        ]
+    )
+    assert rc == 0
+    out = capsys.readouterr()
+    line = [x for x in out.out.splitlines() if "verify" in x]
+    assert len(line) == 1 and "OK" in line[0] and "saved to" in line[0]
+    assert "HyperCloning 2x" in out.err  # the tqdm progress bar
+    grown = T.AutoModelForCausalLM.from_pretrained(dst)
+    assert grown.config.hidden_size == 64 and grown.config.intermediate_size == 144
+    assert grown.config.num_hidden_layers == 4 and grown.config.tie_word_embeddings
+    assert hc.verify(model, grown) <= 1e-5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grown"]  # no temporary folder left behind
+
+
+def test_grow_refuses_bad_input_without_writing(src_dir, tmp_path, capsys) -> None:
+    path, _ = src_dir
+    dst = tmp_path / "grown"
+    assert main(["grow", str(path), str(dst), "--width-multiplier", "0"]) == 2
+    assert "positive integer" in capsys.readouterr().err
+    assert not dst.exists()
+    dst.mkdir()
+    (dst / "keep.txt").write_text("mine")
+    assert main(["grow", str(path), str(dst)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert [p.name for p in dst.iterdir()] == ["keep.txt"]
