@@ -1,0 +1,140 @@
+"""`hf-salt score`: SALT_DS scoring of a corpus with a small model; saves the scored dataset.
+
+The corpus (embedded name or local files) is packed into `--block_size` blocks with the tokenizer, scored
+with `hf_salt.salt_ds.score_dataset` (cached, batched, GPU when present; under `accelerate launch` every
+rank scores a shard) and written with `save_to_disk` to a temporary folder renamed into place, so
+`--output_dir` holds a complete dataset or nothing. Train with it: `hf-salt pretrain --salt-ds OUTPUT_DIR`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from hf_salt.cli.parser import Command
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ScoreArguments:
+    teacher: str = field(
+        metadata={"help": "The scoring model: a local model folder or an hf-salt zoo preset name."}
+    )
+    output_dir: str = field(metadata={"help": "Folder for the scored dataset (save_to_disk format)."})
+    corpus: str = field(
+        default="wikitext-2",
+        metadata={
+            "help": "Embedded corpus name (wikitext-2, tinyshakespeare) or a path to text/json/parquet files."
+        },
+    )
+    split: str = field(default="train", metadata={"help": "Split of the corpus to score."})
+    text_column: str = field(default="text", metadata={"help": "Column holding the raw text."})
+    tokenizer: str | None = field(
+        default=None,
+        metadata={"help": "Tokenizer folder (default: the teacher folder's, else the shipped one)."},
+    )
+    block_size: int = field(
+        default=256, metadata={"help": "Tokens per packed block (use the training block size)."}
+    )
+    max_blocks: int | None = field(default=None, metadata={"help": "Score only the first N blocks."})
+    top_k: int = field(
+        default=10, metadata={"help": "A token is learnable if it is in the teacher's top-k (paper: 10)."}
+    )
+    statistic: str = field(
+        default="median",
+        metadata={
+            "help": "Per-sequence statistic of the learnable losses: median (paper) or mean.",
+            "choices": ["median", "mean"],
+        },
+    )
+    batch_size: int = field(default=16, metadata={"help": "Sequences per teacher forward."})
+    chunk_size: int | None = field(
+        default=None, metadata={"help": "Positions per logits chunk (default: automatic)."}
+    )
+    dtype: str = field(
+        default="float32",
+        metadata={"help": "Teacher dtype: float32, bfloat16, float16.", "choices": list(_DTYPES)},
+    )
+    seed: int = field(default=0, metadata={"help": "Initialisation seed when the teacher is a zoo preset."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace --output_dir if it exists."})
+
+    def __post_init__(self) -> None:
+        if self.block_size < 2:
+            raise ValueError(f"--block_size must be at least 2, got {self.block_size}.")
+        if self.top_k < 1:
+            raise ValueError(f"--top_k must be >= 1, got {self.top_k}.")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}.")
+        if self.max_blocks is not None and self.max_blocks < 1:
+            raise ValueError(f"--max_blocks must be >= 1, got {self.max_blocks}.")
+        if self.statistic not in ("median", "mean"):
+            raise ValueError("--statistic must be median or mean.")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"--dtype must be one of {', '.join(_DTYPES)}.")
+        if Path(self.output_dir).exists() and any(Path(self.output_dir).iterdir()) and not self.overwrite:
+            raise ValueError(
+                f"--output_dir {self.output_dir!r} exists and is not empty: pass --overwrite or pick another."
+            )
+
+
+def _load_teacher(args: ScoreArguments, vocab_size: int):
+    from transformers import AutoModelForCausalLM
+
+    from hf_salt.zoo import PRESETS, build_model
+
+    if args.teacher in PRESETS:
+        return build_model(args.teacher, vocab_size=vocab_size, seed=args.seed).to(_DTYPES[args.dtype])
+    if not Path(args.teacher).is_dir():
+        raise ValueError(
+            f"--teacher {args.teacher!r} is neither a zoo preset ({', '.join(PRESETS)}) nor a local folder."
+        )
+    return AutoModelForCausalLM.from_pretrained(
+        args.teacher, local_files_only=True, dtype=_DTYPES[args.dtype]
+    )
+
+
+def run(args: ScoreArguments) -> int:
+    from accelerate import PartialState
+
+    from hf_salt.data import check_block_size, load_corpus, load_tokenizer, pack_dataset
+    from hf_salt.io import atomic_directory
+    from hf_salt.salt_ds import score_dataset
+
+    tokenizer_path = args.tokenizer
+    if tokenizer_path is None and Path(args.teacher, "tokenizer.json").is_file():
+        tokenizer_path = args.teacher
+    tokenizer = load_tokenizer(tokenizer_path)
+    teacher = _load_teacher(args, len(tokenizer))
+    check_block_size(args.block_size, teacher.config)
+    corpus = load_corpus(args.corpus)
+    if args.split not in corpus:
+        raise ValueError(f"--split {args.split!r} is not in the corpus (splits: {', '.join(corpus)}).")
+    blocks = pack_dataset(corpus[args.split], tokenizer, args.block_size, text_column=args.text_column)
+    if args.max_blocks:
+        blocks = blocks.select(range(min(len(blocks), args.max_blocks)))
+    state = PartialState()
+    if state.is_main_process:
+        print(
+            f"Scoring {len(blocks)} blocks of {args.block_size} tokens from {args.corpus}/{args.split} with {args.teacher}."
+        )
+    scored = score_dataset(
+        blocks,
+        teacher,
+        top_k=args.top_k,
+        statistic=args.statistic,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+    )
+    if state.is_main_process:
+        with atomic_directory(args.output_dir, overwrite=True) as tmp:
+            scored.save_to_disk(str(tmp))
+        n = sum(1 for c in scored["salt_ds_num_learnable"] if c > 0)
+        print(f"Saved {len(scored)} scored blocks ({n} with a learnable token) to {args.output_dir}.")
+    state.wait_for_everyone()
+    return 0
+
+
+COMMAND = Command([ScoreArguments], run, description=__doc__)
