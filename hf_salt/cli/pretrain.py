@@ -1,6 +1,8 @@
 """`hf-salt pretrain`: train one causal LM on a corpus and report validation loss and perplexity.
 
-Every `TrainingArguments` flag works (`--learning_rate`, `--bf16`, `--report_to tensorboard`, ...), and so
+Plain next-token training by default; SALT when `--teacher_model_name_or_path` names a (small, trained) teacher;
+SALT_DS when `--salt_ds` also names a dataset scored by `hf-salt score`. Every `TrainingArguments` and
+`SALTConfig` flag works (`--learning_rate`, `--bf16`, `--kd_weight`, `--report_to tensorboard`, ...), and so
 does `--config file.yaml`.
 """
 
@@ -14,13 +16,14 @@ from transformers import (
     AutoModelForCausalLM,
     PreTrainedModel,
     Trainer,
-    TrainingArguments,
     default_data_collator,
 )
 
 from hf_salt.cli.parser import Command
 from hf_salt.data import check_block_size, load_corpus, load_tokenizer, pack_dataset
 from hf_salt.io import save_pretrained_atomic
+from hf_salt.schedules import resolve_kd_steps
+from hf_salt.trainers.salt_config import SALTConfig
 from hf_salt.zoo import PRESETS, build_model, count_parameters
 
 
@@ -51,11 +54,31 @@ class DataArguments:
     max_eval_blocks: int | None = field(
         default=256, metadata={"help": "Evaluate on at most this many validation blocks."}
     )
+    salt_ds: str | None = field(
+        default=None,
+        metadata={
+            "help": "SALT_DS: a dataset scored by `hf-salt score` (same corpus and block size); its best blocks "
+            "feed the KD stage. Needs --teacher_model_name_or_path."
+        },
+    )
+    salt_ds_band: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "SALT_DS: pick from this percentile band of scores (e.g. 50 95) instead of the top."
+        },
+    )
+    salt_ds_statistic: str | None = field(
+        default=None,
+        metadata={
+            "help": "SALT_DS: median (default, as scored) or mean.",
+            "choices": [None, "median", "mean"],
+        },
+    )
 
 
 @dataclass
-class PretrainArguments(TrainingArguments):
-    """`TrainingArguments` with defaults that train a tiny model on the CPU in under a minute."""
+class PretrainArguments(SALTConfig):
+    """`SALTConfig` with defaults that train a tiny model on the CPU in under a minute."""
 
     output_dir: str | None = field(
         default="outputs/pretrain", metadata={"help": "Where checkpoints and the model go."}
@@ -93,29 +116,75 @@ def load_model(name_or_path: str, vocab_size: int, seed: int) -> PreTrainedModel
     return model
 
 
+def _salt_ds_collator(data_args: DataArguments, args: PretrainArguments, vocab_size: int):
+    """Load the scored dataset and pick the KD-stage pool (n_KD x global batch blocks)."""
+    from datasets import load_from_disk
+
+    from hf_salt.salt_ds import SALTDSCollator, select
+
+    if not args.teacher_model_name_or_path:
+        raise ValueError("--salt_ds selects data for the KD stage: pass --teacher_model_name_or_path too.")
+    if not Path(data_args.salt_ds).is_dir():
+        raise FileNotFoundError(
+            f"--salt_ds {data_args.salt_ds!r} is not a folder written by `hf-salt score`."
+        )
+    scored = load_from_disk(data_args.salt_ds)
+    if len(scored) and len(scored[0]["input_ids"]) != data_args.block_size:
+        raise ValueError(
+            f"The scored dataset has blocks of {len(scored[0]['input_ids'])} tokens but --block_size is "
+            f"{data_args.block_size}; score with the same block size."
+        )
+    kd_steps = resolve_kd_steps(args.kd_steps, args.max_steps)
+    global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    band = tuple(data_args.salt_ds_band) if data_args.salt_ds_band else None
+    pool = select(
+        scored,
+        kd_steps=kd_steps,
+        global_batch_size=global_batch,
+        band=band,
+        statistic=data_args.salt_ds_statistic,
+        seed=args.seed,
+        vocab_size=vocab_size,
+    )
+    print(f"SALT_DS: {len(pool)} of {len(scored)} scored blocks feed the {kd_steps} KD steps.")
+    return SALTDSCollator(pool)
+
+
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: PretrainArguments) -> int:
     tokenizer = load_tokenizer(model_args.tokenizer)
     model = load_model(model_args.model, len(tokenizer), training_args.seed)
     check_block_size(data_args.block_size, model.config)
     corpus = load_corpus(data_args.corpus)
+    collator = default_data_collator
+    if data_args.salt_ds:
+        collator = _salt_ds_collator(data_args, training_args, len(tokenizer))
     train = pack_dataset(corpus["train"], tokenizer, data_args.block_size)
     evaluation = pack_dataset(corpus["validation"], tokenizer, data_args.block_size)
     if data_args.max_train_blocks:
         train = train.select(range(min(len(train), data_args.max_train_blocks)))
     if data_args.max_eval_blocks:
         evaluation = evaluation.select(range(min(len(evaluation), data_args.max_eval_blocks)))
-    print(
-        f"Training {model_args.model} ({count_parameters(model) / 1e6:.2f}M parameters) on {data_args.corpus}: "
-        f"{len(train)} blocks of {data_args.block_size} tokens."
+    method = (
+        "SALT_DS" if data_args.salt_ds else "SALT" if training_args.teacher_model_name_or_path else "plain"
     )
-    trainer = Trainer(
+    print(
+        f"Training {model_args.model} ({count_parameters(model) / 1e6:.2f}M parameters, {method}) on "
+        f"{data_args.corpus}: {len(train)} blocks of {data_args.block_size} tokens."
+    )
+    kwargs = dict(
         model=model,
         args=training_args,
         train_dataset=train,
         eval_dataset=evaluation,
-        data_collator=default_data_collator,
+        data_collator=collator,
         processing_class=tokenizer,
     )
+    if training_args.teacher_model_name_or_path:
+        from hf_salt.trainers.salt_trainer import SALTTrainer
+
+        trainer: Trainer = SALTTrainer(**kwargs)
+    else:
+        trainer = Trainer(**kwargs)
     trainer.train()
     metrics = trainer.evaluate()
     ppl = math.exp(min(metrics["eval_loss"], 50.0))
