@@ -19,12 +19,19 @@ _LAZY: dict[str, str] = {
     "KDScheduleCallback": "hf_salt.schedules",
     "kd_weight_at": "hf_salt.schedules",
     "fused_kd_loss": "hf_salt.losses",
+    "KDState": "hf_salt.schedules",
+    "ExperimentConfig": "hf_salt.experiments",
+    "run_experiment": "hf_salt.experiments",
+    "register_arm": "hf_salt.experiments",
     # SALT_DS
     "SALTDSCollator": "hf_salt.salt_ds",
     # distilling step-by-step
     "StepByStepConfig": "hf_salt.trainers.step_by_step_config",
     "StepByStepTrainer": "hf_salt.trainers.step_by_step_trainer",
     "StepByStepCollator": "hf_salt.trainers.step_by_step_collator",
+    "load_step_by_step": "hf_salt.data.step_by_step",
+    "generate_rationales": "hf_salt.data.rationales",
+    "safe_arithmetic": "hf_salt.evaluation",
     # data and models
     "load_corpus": "hf_salt.data",
     "load_tokenizer": "hf_salt.data",

@@ -1,0 +1,478 @@
+"""Knowledge-distillation losses for SALT, computed from hidden states without full logits.
+
+The objective of one optimizer step (``N`` = tokens with a label, over all micro-batches and ranks)::
+
+    L = 1/N * sum_t [ (1 - w) * CE(y_t, q_t) + w * tau^2 * D(p_t^tau, q_t^tau) ]
+
+``q`` is the student's next-token distribution, ``p`` the teacher's, ``x^tau = softmax(z / tau)``, and ``D`` one of
+
+- ``forward_kl``: KL(p || q) = sum_v p_v (log p_v - log q_v). Cross-entropy to the teacher's distribution
+  (the usual reading of SALT) equals KL(p || q) + H(p); H(p) does not depend on the student, so both have the
+  same gradient. We report the KL because it is 0 when the student matches the teacher.
+- ``reverse_kl``: KL(q || p).
+- ``jsd``: generalised Jensen-Shannon with ``beta`` (TRL/Liger convention): with m = beta * p + (1 - beta) * q,
+  ``beta * KL(p || m) + (1 - beta) * KL(q || m)``; ``beta = 0`` is forward KL and ``beta = 1`` reverse KL.
+
+The KD term is multiplied by ``tau^2`` (Hinton et al. 2015) so its gradient keeps the same scale whatever the
+temperature; at the default ``tau = 1`` this changes nothing. The hard CE always uses ``tau = 1``.
+
+Memory: :func:`fused_kd_loss` never builds ``[batch, seq, vocab]`` logits for either model. It walks over chunks
+of positions; for each chunk it computes both models' logits, the loss, and (Liger style) the gradients with
+respect to the student's hidden states, head weight and bias right away, so nothing of size ``vocab`` survives a
+chunk and the student head matmul runs once per chunk in the forward and twice in the backward (the minimum).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+BACKENDS = ("auto", "torch", "liger")
+IGNORE_INDEX = -100
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per-position divergences on log-probabilities (shape [..., vocab] -> [...])
+# ----------------------------------------------------------------------------------------------------------------
+def forward_kl(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) per position."""
+    return (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)
+
+
+def reverse_kl(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
+    """KL(student || teacher) per position."""
+    return (student_logp.exp() * (student_logp - teacher_logp)).sum(-1)
+
+
+def jsd(student_logp: torch.Tensor, teacher_logp: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """Generalised JSD per position: beta * KL(p || m) + (1 - beta) * KL(q || m), m = beta p + (1 - beta) q."""
+    if beta == 0.0:
+        return forward_kl(student_logp, teacher_logp)
+    if beta == 1.0:
+        return reverse_kl(student_logp, teacher_logp)
+    log_m = torch.logsumexp(
+        torch.stack([teacher_logp + math.log(beta), student_logp + math.log(1.0 - beta)]), dim=0
+    )
+    kl_p = (teacher_logp.exp() * (teacher_logp - log_m)).sum(-1)
+    kl_q = (student_logp.exp() * (student_logp - log_m)).sum(-1)
+    return beta * kl_p + (1.0 - beta) * kl_q
+
+
+def kd_divergence(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    divergence: str = "forward_kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+) -> torch.Tensor:
+    """Per-position KD term ``tau^2 * D(p^tau, q^tau)`` from (already transformed) logits."""
+    _check_divergence(divergence, temperature, beta)
+    s = F.log_softmax(student_logits / temperature, dim=-1)
+    t = F.log_softmax(teacher_logits / temperature, dim=-1)
+    if divergence == "forward_kl":
+        d = forward_kl(s, t)
+    elif divergence == "reverse_kl":
+        d = reverse_kl(s, t)
+    else:
+        d = jsd(s, t, beta)
+    return d * (temperature * temperature)
+
+
+def transform_logits(
+    logits: torch.Tensor, logit_scale: float | None = None, softcap: float | None = None
+) -> torch.Tensor:
+    """Apply a model's final logit transform: multiply by ``logit_scale`` (Cohere; Granite uses 1/logits_scaling),
+    then soft-cap ``softcap * tanh(z / softcap)`` (Gemma 2/3)."""
+    if logit_scale is not None and logit_scale != 1.0:
+        logits = logits * logit_scale
+    if softcap:
+        logits = softcap * torch.tanh(logits / softcap)
+    return logits
+
+
+def shift_targets(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """HF causal-LM convention: hidden[t] predicts labels[t + 1]. The last position predicts nothing.
+
+    This is the single place where the shift happens; everything downstream is position-aligned.
+    """
+    return F.pad(labels[..., 1:], (0, 1), value=ignore_index)
+
+
+class KDLossOutput(NamedTuple):
+    """Result of the KD losses. Only ``loss`` carries gradient; the rest are detached sums for logging."""
+
+    loss: torch.Tensor
+    ce_sum: torch.Tensor
+    kd_sum: torch.Tensor | None
+    teacher_ce_sum: torch.Tensor | None
+    num_tokens: torch.Tensor
+
+
+def kd_loss_from_logits(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    labels: torch.Tensor,
+    *,
+    kd_weight: float = 1.0,
+    divergence: str = "forward_kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    shift_labels: bool = True,
+    ignore_index: int = IGNORE_INDEX,
+) -> KDLossOutput:
+    """Plain reference of the SALT objective from full logits. The specification :func:`fused_kd_loss` must match;
+    also handy for small models. Logits are used as given (apply :func:`transform_logits` first)."""
+    targets = shift_targets(labels, ignore_index) if shift_labels else labels
+    v = student_logits.shape[-1]
+    z = (
+        student_logits.reshape(-1, v).float()
+        if student_logits.dtype != torch.float64
+        else student_logits.reshape(-1, v)
+    )
+    tgt = targets.reshape(-1)
+    mask = tgt != ignore_index
+    n = mask.sum()
+    norm = n.clamp_min(1) if num_items_in_batch is None else num_items_in_batch
+    ce = F.cross_entropy(z, tgt, ignore_index=ignore_index, reduction="sum")
+    kd = tce = None
+    total = (1.0 - kd_weight) * ce if teacher_logits is not None else ce
+    if teacher_logits is not None:
+        zt = teacher_logits.reshape(-1, teacher_logits.shape[-1]).to(z.dtype)
+        kd = (kd_divergence(z, zt, divergence=divergence, temperature=temperature, beta=beta) * mask).sum()
+        tce = F.cross_entropy(zt, tgt, ignore_index=ignore_index, reduction="sum")
+        total = total + kd_weight * kd
+        kd, tce = kd.detach(), tce.detach()
+    return KDLossOutput(total / norm, ce.detach(), kd, tce, n)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fused, chunked loss from hidden states
+# ----------------------------------------------------------------------------------------------------------------
+class _ChunkCfg(NamedTuple):
+    kd_weight: float
+    divergence: str
+    temperature: float
+    beta: float
+    chunk_size: int
+    ignore_index: int
+    s_scale: float | None
+    s_softcap: float | None
+    t_scale: float | None
+    t_softcap: float | None
+    analytic: bool = False  # closed-form gradient (forward KL / CE without logit transforms)
+
+
+def _chunk_terms(
+    z_raw: torch.Tensor, zt: torch.Tensor | None, tgt: torch.Tensor, cfg: _ChunkCfg
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-chunk sums (CE, KD) from fp32 student logits ``z_raw`` (pre-transform) and teacher logits ``zt``."""
+    z = transform_logits(z_raw, cfg.s_scale, cfg.s_softcap)
+    ce = F.cross_entropy(z, tgt, ignore_index=cfg.ignore_index, reduction="sum")
+    if zt is None:
+        return ce, ce, None
+    mask = tgt != cfg.ignore_index
+    kd = (
+        kd_divergence(z, zt, divergence=cfg.divergence, temperature=cfg.temperature, beta=cfg.beta) * mask
+    ).sum()
+    return (1.0 - cfg.kd_weight) * ce + cfg.kd_weight * kd, ce, kd
+
+
+def _forward_kl_chunk(
+    z: torch.Tensor,
+    zt: torch.Tensor | None,
+    tgt: torch.Tensor,
+    cfg: _ChunkCfg,
+    inv_norm: Any,
+    want_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Closed form for the default case (CE and/or forward KL, no logit transform): fewer [chunk, vocab]
+    temporaries than autograd, and no graph. d/dz of (1-w) CE + w tau^2 KL(p^tau || q^tau) is
+    (1-w) (softmax(z) - onehot(y)) + w tau (softmax(z / tau) - p^tau)."""
+    w_kd = cfg.kd_weight if zt is not None else 0.0
+    tau = cfg.temperature
+    valid = (tgt != cfg.ignore_index).to(z.dtype)
+    tgt0 = tgt.clamp_min(0).unsqueeze(1)
+    lse = torch.logsumexp(z, dim=-1, keepdim=True)
+    ce = ((lse.squeeze(1) - z.gather(1, tgt0).squeeze(1)) * valid).sum()
+    kd = None
+    s_logp = p_t = None
+    if zt is not None:
+        t_logp = torch.log_softmax(zt / tau if tau != 1.0 else zt, dim=-1)
+        p_t = t_logp.exp()
+        s_logp = torch.log_softmax(z / tau, dim=-1) if tau != 1.0 else z - lse
+        kd = ((t_logp.sub_(s_logp).mul_(p_t).sum(-1)) * valid).sum() * (tau * tau)
+        del t_logp
+    total = (1.0 - w_kd) * ce + w_kd * kd if kd is not None else ce
+    if not want_grad:
+        return total, ce, kd, None
+    dz = (z - lse).exp_()  # softmax(z)
+    if zt is not None:
+        q = s_logp.exp_() if tau != 1.0 else dz.clone()  # softmax(z / tau); s_logp is not needed any more
+        dz.mul_(1.0 - w_kd).add_(q.sub_(p_t), alpha=w_kd * tau)
+        del q
+    dz.scatter_add_(1, tgt0, torch.full_like(tgt0, -(1.0 - w_kd), dtype=dz.dtype))
+    dz.mul_((valid * inv_norm).unsqueeze(1))
+    return total, ce, kd, dz
+
+
+class _FusedKD(torch.autograd.Function):
+    """Chunked loss with gradients computed in the forward pass (no logits kept for backward)."""
+
+    @staticmethod
+    def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, targets, inv_norm, cfg: _ChunkCfg):  # type: ignore[override]
+        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        any_grad = need_h or need_w or need_b
+        n = h_s.shape[0]
+        grad_h = torch.zeros_like(h_s) if need_h else None
+        acc = torch.promote_types(h_s.dtype, torch.float32)  # fp32, or fp64 for reference checks
+        grad_w = torch.zeros(w_s.shape, dtype=acc, device=w_s.device) if need_w else None
+        grad_b = torch.zeros(b_s.shape, dtype=acc, device=b_s.device) if need_b else None
+        zero = torch.zeros((), dtype=acc, device=h_s.device)
+        loss_acc, ce_acc = zero.clone(), zero.clone()
+        kd_acc = tce_acc = None
+        if h_t is not None:
+            kd_acc, tce_acc = zero.clone(), zero.clone()
+        for start in range(0, n, cfg.chunk_size):
+            end = min(start + cfg.chunk_size, n)
+            hs, tgt = h_s[start:end], targets[start:end]
+            zt = None
+            if h_t is not None:
+                zt = F.linear(h_t[start:end], w_t, b_t).to(acc)
+                zt = transform_logits(zt, cfg.t_scale, cfg.t_softcap)
+                tce_acc += F.cross_entropy(zt, tgt, ignore_index=cfg.ignore_index, reduction="sum")
+            z_raw = F.linear(hs, w_s, b_s).to(acc)
+            if cfg.analytic:
+                total, ce, kd, dz = _forward_kl_chunk(z_raw, zt, tgt, cfg, inv_norm, any_grad)
+                if any_grad:
+                    if need_h:
+                        grad_h[start:end] = (dz.to(w_s.dtype) @ w_s).to(h_s.dtype)
+                    if need_w:
+                        grad_w.addmm_(dz.t(), hs.to(acc))
+                    if need_b:
+                        grad_b += dz.sum(0)
+                    del dz
+            elif any_grad:
+                with torch.enable_grad():
+                    z_raw.requires_grad_(True)
+                    total, ce, kd = _chunk_terms(z_raw, zt, tgt, cfg)
+                    (dz,) = torch.autograd.grad(total * inv_norm, z_raw)
+                if need_h:
+                    grad_h[start:end] = (dz.to(w_s.dtype) @ w_s).to(h_s.dtype)
+                if need_w:
+                    grad_w.addmm_(dz.t(), hs.to(acc))
+                if need_b:
+                    grad_b += dz.sum(0)
+                del dz
+            else:
+                total, ce, kd = _chunk_terms(z_raw, zt, tgt, cfg)
+            loss_acc += total.detach()
+            ce_acc += ce.detach()
+            if kd is not None:
+                kd_acc += kd.detach()
+        ctx.save_for_backward(
+            grad_h if grad_h is not None else torch.empty(0),
+            grad_w.to(w_s.dtype) if grad_w is not None else torch.empty(0),
+            grad_b.to(b_s.dtype) if grad_b is not None else torch.empty(0),
+        )
+        ctx.mark_non_differentiable(ce_acc)
+        outs = [loss_acc * inv_norm, ce_acc]
+        if kd_acc is not None:
+            ctx.mark_non_differentiable(kd_acc, tce_acc)
+            outs += [kd_acc, tce_acc]
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_unused):  # type: ignore[override]
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        return (
+            grad_h * grad_loss.to(grad_h.dtype) if need_h else None,
+            grad_w * grad_loss.to(grad_w.dtype) if need_w else None,
+            grad_b * grad_loss.to(grad_b.dtype) if need_b else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def liger_available() -> bool:
+    try:
+        import liger_kernel.chunked_loss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str, *, device: torch.device, plain_logits: bool, has_teacher: bool) -> str:
+    """Pick the implementation. ``auto`` uses Liger only where it computes exactly our objective: CUDA, a teacher,
+    no logit scale/soft-capping (Liger's kernels have neither)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
+    if backend == "liger":
+        if not liger_available():
+            raise ImportError(
+                "kd_loss_backend='liger' needs liger-kernel: `pip install hf-salt[liger]` (or liger-kernel>=0.6), "
+                "or use kd_loss_backend='auto' / 'torch'."
+            )
+        if not plain_logits:
+            raise ValueError(
+                "kd_loss_backend='liger' does not support logit soft-capping or a logit scale; use 'torch' or 'auto'."
+            )
+        return "liger" if has_teacher else "torch"
+    if backend == "auto":
+        return (
+            "liger"
+            if (has_teacher and plain_logits and device.type == "cuda" and liger_available())
+            else "torch"
+        )
+    return "torch"
+
+
+def _liger_loss(h_s, w_s, b_s, h_t, w_t, b_t, targets, norm, cfg: _ChunkCfg, n_local) -> KDLossOutput:
+    """Liger's fused linear JSD (beta 0 / 1 = forward / reverse KL) with weights chosen to give our objective."""
+    from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
+
+    beta = {"forward_kl": 0.0, "reverse_kl": 1.0}.get(cfg.divergence, cfg.beta)
+    t2 = cfg.temperature * cfg.temperature
+    fn = LigerFusedLinearJSDLoss(
+        weight_hard_loss=1.0 - cfg.kd_weight,
+        weight_soft_loss=cfg.kd_weight * t2,
+        beta=beta,
+        ignore_index=cfg.ignore_index,
+        temperature=cfg.temperature,
+        chunk_size=cfg.chunk_size,
+        return_soft_hard_loss=True,
+    )
+    loss, soft, hard = fn(h_s, w_s, h_t, w_t, targets, b_s, b_t)
+    # Liger divides by the local count of valid tokens; we want the global normaliser.
+    scale = n_local.clamp_min(1).to(loss.dtype)
+    return KDLossOutput(loss * scale / norm, (hard.detach() * scale), (soft.detach() * scale), None, n_local)
+
+
+def fused_kd_loss(
+    student_hidden: torch.Tensor,
+    student_head_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor | None,
+    teacher_head_weight: torch.Tensor | None,
+    labels: torch.Tensor,
+    *,
+    kd_weight: float = 1.0,
+    divergence: str = "forward_kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    student_bias: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+    student_logit_scale: float | None = None,
+    student_softcap: float | None = None,
+    teacher_logit_scale: float | None = None,
+    teacher_softcap: float | None = None,
+    chunk_size: int = 1024,
+    shift_labels: bool = True,
+    ignore_index: int = IGNORE_INDEX,
+    backend: str = "auto",
+) -> KDLossOutput:
+    """SALT loss ``sum_t [(1 - w) CE + w tau^2 D] / num_items_in_batch`` from final hidden states.
+
+    Args:
+        student_hidden: ``[batch, seq, H_s]`` (or ``[tokens, H_s]``) final hidden states (what the LM head reads).
+        student_head_weight: ``[vocab, H_s]`` output-layer weight.
+        teacher_hidden / teacher_head_weight: the same for the teacher (``H_t`` may differ from ``H_s``);
+            ``None`` gives the plain chunked cross-entropy (SALT stage 2) without touching a teacher.
+        labels: token ids with -100 where no loss is wanted; unshifted (HF convention) unless
+            ``shift_labels=False`` (then ``labels[t]`` is the target of ``hidden[t]``).
+        kd_weight: w in the formula; 1.0 gives pure KD.
+        num_items_in_batch: the normaliser (tokens in the whole optimizer step and all ranks); defaults to the
+            number of valid tokens here.
+        chunk_size: positions per chunk; memory is O(chunk_size * vocab).
+
+    Returns:
+        :class:`KDLossOutput`; ``loss`` is differentiable w.r.t. the student's hidden states, head weight and
+        bias. ``ce_sum``, ``kd_sum``, ``teacher_ce_sum`` are detached sums over valid tokens (unnormalised).
+    """
+    _check_divergence(divergence, temperature, beta)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+    if (teacher_hidden is None) != (teacher_head_weight is None):
+        raise ValueError("Pass both teacher_hidden and teacher_head_weight, or neither.")
+    targets = shift_targets(labels, ignore_index) if shift_labels else labels
+    h_s = student_hidden.reshape(-1, student_hidden.shape[-1])
+    tgt = targets.reshape(-1).to(h_s.device)
+    if tgt.shape[0] != h_s.shape[0]:
+        raise ValueError(f"labels give {tgt.shape[0]} positions but student_hidden has {h_s.shape[0]}.")
+    h_t = None
+    if teacher_hidden is not None:
+        h_t = teacher_hidden.reshape(-1, teacher_hidden.shape[-1]).detach()
+        if h_t.shape[0] != h_s.shape[0]:
+            raise ValueError(f"teacher_hidden has {h_t.shape[0]} positions, student_hidden {h_s.shape[0]}.")
+        if teacher_head_weight.shape[0] != student_head_weight.shape[0]:
+            raise ValueError(
+                f"Teacher vocabulary ({teacher_head_weight.shape[0]}) != student vocabulary "
+                f"({student_head_weight.shape[0]}); slice both head weights to the shared tokenizer length."
+            )
+        teacher_head_weight = teacher_head_weight.detach()
+        teacher_bias = teacher_bias.detach() if teacher_bias is not None else None
+    n_local = (tgt != ignore_index).sum()
+    norm = n_local.clamp_min(1) if num_items_in_batch is None else num_items_in_batch
+    if torch.is_tensor(norm):
+        norm = norm.to(device=h_s.device, dtype=torch.promote_types(h_s.dtype, torch.float32))
+    cfg = _ChunkCfg(
+        float(kd_weight) if h_t is not None else 0.0,
+        divergence,
+        float(temperature),
+        float(beta),
+        int(chunk_size),
+        int(ignore_index),
+        student_logit_scale,
+        student_softcap,
+        teacher_logit_scale,
+        teacher_softcap,
+        analytic=(h_t is None or divergence == "forward_kl")
+        and student_logit_scale in (None, 1.0)
+        and not student_softcap,
+    )
+    plain = not (
+        student_logit_scale not in (None, 1.0)
+        or student_softcap
+        or teacher_logit_scale not in (None, 1.0)
+        or teacher_softcap
+    )
+    impl = resolve_backend(backend, device=h_s.device, plain_logits=plain, has_teacher=h_t is not None)
+    if impl == "liger":
+        return _liger_loss(
+            h_s,
+            student_head_weight,
+            student_bias,
+            h_t,
+            teacher_head_weight,
+            teacher_bias,
+            tgt,
+            norm,
+            cfg,
+            n_local,
+        )
+    inv_norm = 1.0 / norm
+    outs = _FusedKD.apply(
+        h_s, student_head_weight, student_bias, h_t, teacher_head_weight, teacher_bias, tgt, inv_norm, cfg
+    )
+    if h_t is None:
+        return KDLossOutput(outs[0], outs[1], None, None, n_local)
+    return KDLossOutput(outs[0], outs[1], outs[2], outs[3], n_local)
+
+
+def _check_divergence(divergence: str, temperature: float, beta: float) -> None:
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}.")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"jsd beta must be in [0, 1], got {beta}.")

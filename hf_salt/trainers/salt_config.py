@@ -1,0 +1,197 @@
+"""`SALTConfig`: `TrainingArguments` plus the knobs of SALT (KD from a small teacher, then plain training)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+from hf_salt.losses import BACKENDS, DIVERGENCES
+from hf_salt.schedules import SCHEDULES
+
+TEACHER_OFFLOAD = ("keep", "cpu", "free")
+TEACHER_SHARDING = ("replicate", "shard")
+
+
+@dataclass
+class SALTConfig(TrainingArguments):
+    """Arguments of :class:`hf_salt.SALTTrainer`.
+
+    Stage 1 (optimizer steps ``t < n_KD``) minimises ``(1 - w_t) * CE + w_t * tau^2 * D(teacher || student)``
+    per token; stage 2 is plain next-token training (the teacher is not run). See ``docs/salt.md``.
+    """
+
+    _VALID_DICT_FIELDS = [*TrainingArguments._VALID_DICT_FIELDS, "teacher_model_init_kwargs"]
+
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher (the SMALL model): a local folder or Hub id, used when no teacher_model is passed."
+        },
+    )
+    teacher_model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Keyword arguments for AutoModelForCausalLM.from_pretrained of the teacher, as a dict or a JSON "
+            'string, e.g. {"dtype": "bfloat16"}. The dtype is also applied to a teacher passed as a model.'
+        },
+    )
+    kd_weight: float = field(
+        default=0.5,
+        metadata={
+            "help": "omega: weight of the KD term during stage 1; the loss is (1-omega)*CE + omega*KD. In [0, 1]."
+        },
+    )
+    kd_temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "tau: softmax temperature of both models in the KD term (the term is scaled by tau^2). > 0."
+        },
+    )
+    kd_divergence: str = field(
+        default="forward_kl",
+        metadata={
+            "help": "KD divergence: forward_kl (KL(teacher||student), same gradient as cross-entropy to the "
+            "teacher distribution), reverse_kl, or jsd (see kd_jsd_beta).",
+            "choices": list(DIVERGENCES),
+        },
+    )
+    kd_jsd_beta: float = field(
+        default=0.5,
+        metadata={
+            "help": "beta of the generalised JSD (0 = forward KL, 1 = reverse KL, 0.5 = symmetric). In [0, 1]."
+        },
+    )
+    kd_steps: float = field(
+        default=0.2,
+        metadata={
+            "help": "n_KD: number of optimizer steps with KD (an integer), or a fraction in (0, 1) of the run's total "
+            "optimizer steps (max_steps, or what the epochs amount to). 0 disables KD."
+        },
+    )
+    kd_schedule: str = field(
+        default="step",
+        metadata={
+            "help": "How omega goes to 0: step (omega until n_KD, then 0), linear (linear decay from kd_decay_start "
+            "to n_KD), linear_ratio (the ratio omega/(1-omega) decays linearly over the same window).",
+            "choices": list(SCHEDULES),
+        },
+    )
+    kd_decay_start: float | None = field(
+        default=None,
+        metadata={
+            "help": "Step where the linear and linear_ratio decays begin (an integer, or a fraction of n_KD in "
+            "[0, 1)). Default: 0, i.e. decay over the whole KD stage. Ignored by the step schedule."
+        },
+    )
+    kd_chunk_size: int = field(
+        default=1024,
+        metadata={
+            "help": "Token positions per chunk of the fused loss; memory of the loss is O(chunk * vocab)."
+        },
+    )
+    kd_loss_backend: str = field(
+        default="auto",
+        metadata={
+            "help": "Fused loss implementation: auto (Liger on CUDA when installed and applicable, else torch), "
+            "torch, or liger (needs liger-kernel).",
+            "choices": list(BACKENDS),
+        },
+    )
+    teacher_offload_after_kd: str = field(
+        default="cpu",
+        metadata={
+            "help": "What happens to the teacher once omega is 0 for good (after n_KD): keep (stays on the device), "
+            "cpu (moved to CPU memory), free (deleted).",
+            "choices": list(TEACHER_OFFLOAD),
+        },
+    )
+    kd_truncate_vocab: bool = field(
+        default=False,
+        metadata={
+            "help": "Allow teacher and student output layers of different sizes when both cover the tokenizer "
+            "(padded vocabularies): the KD and CE softmax then use only the first len(tokenizer) rows."
+        },
+    )
+    teacher_sharding: str = field(
+        default="replicate",
+        metadata={
+            "help": "Under DeepSpeed: replicate (a full teacher copy on every rank, no all-gathers; best for a small "
+            "teacher) or shard (a ZeRO-3 teacher engine, for a teacher that does not fit).",
+            "choices": list(TEACHER_SHARDING),
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.teacher_model_init_kwargs, str):
+            try:
+                self.teacher_model_init_kwargs = json.loads(self.teacher_model_init_kwargs)
+            except json.JSONDecodeError as err:
+                raise ValueError(
+                    f"teacher_model_init_kwargs must be a JSON object string, got {self.teacher_model_init_kwargs!r}: {err}"
+                ) from err
+        if self.teacher_model_init_kwargs is not None and not isinstance(
+            self.teacher_model_init_kwargs, dict
+        ):
+            raise ValueError("teacher_model_init_kwargs must be a dict (or a JSON object string).")
+        super().__post_init__()
+        if not 0.0 <= self.kd_weight <= 1.0:
+            raise ValueError(f"kd_weight must be in [0, 1] (the KD share of the loss), got {self.kd_weight}.")
+        if not self.kd_temperature > 0:
+            raise ValueError(
+                f"kd_temperature must be > 0, got {self.kd_temperature}; use 1.0 for raw probabilities."
+            )
+        if self.kd_divergence not in DIVERGENCES:
+            raise ValueError(f"kd_divergence must be one of {DIVERGENCES}, got {self.kd_divergence!r}.")
+        if not 0.0 <= self.kd_jsd_beta <= 1.0:
+            raise ValueError(f"kd_jsd_beta must be in [0, 1], got {self.kd_jsd_beta}.")
+        self.kd_steps = _int_or_fraction(self.kd_steps, "kd_steps", "of max_steps")
+        if self.kd_steps < 0:
+            raise ValueError(
+                f"kd_steps must be >= 0 (steps) or in (0, 1) (fraction of max_steps), got {self.kd_steps}."
+            )
+        if self.kd_schedule not in SCHEDULES:
+            raise ValueError(f"kd_schedule must be one of {SCHEDULES}, got {self.kd_schedule!r}.")
+        if self.kd_schedule == "linear_ratio" and self.kd_weight >= 1.0:
+            raise ValueError(
+                "kd_schedule='linear_ratio' needs kd_weight < 1; lower kd_weight or use 'linear'."
+            )
+        if self.kd_decay_start is not None:
+            self.kd_decay_start = _int_or_fraction(
+                self.kd_decay_start, "kd_decay_start", "of kd_steps", allow_zero=True
+            )
+            if self.kd_decay_start < 0:
+                raise ValueError(f"kd_decay_start must be >= 0, got {self.kd_decay_start}.")
+            if (
+                isinstance(self.kd_steps, int)
+                and isinstance(self.kd_decay_start, int)
+                and self.kd_decay_start > self.kd_steps
+            ):
+                raise ValueError(
+                    f"kd_decay_start ({self.kd_decay_start}) must be <= kd_steps ({self.kd_steps}); lower it or raise kd_steps."
+                )
+        if self.kd_chunk_size < 1:
+            raise ValueError(f"kd_chunk_size must be >= 1, got {self.kd_chunk_size}.")
+        if self.kd_loss_backend not in BACKENDS:
+            raise ValueError(f"kd_loss_backend must be one of {BACKENDS}, got {self.kd_loss_backend!r}.")
+        if self.teacher_offload_after_kd not in TEACHER_OFFLOAD:
+            raise ValueError(
+                f"teacher_offload_after_kd must be one of {TEACHER_OFFLOAD}, got {self.teacher_offload_after_kd!r}."
+            )
+        if self.teacher_sharding not in TEACHER_SHARDING:
+            raise ValueError(
+                f"teacher_sharding must be one of {TEACHER_SHARDING}, got {self.teacher_sharding!r}."
+            )
+
+
+def _int_or_fraction(value: float, name: str, of: str, allow_zero: bool = False) -> int | float:
+    """Integral values become step counts; others must be fractions in (0, 1) (or [0, 1) with allow_zero)."""
+    value = float(value)
+    if value.is_integer():
+        return int(value)
+    low_ok = value >= 0.0 if allow_zero else value > 0.0
+    if not (low_ok and value < 1.0):
+        raise ValueError(f"{name}={value} is neither an integer step count nor a fraction {of} in (0, 1).")
+    return value

@@ -1,0 +1,590 @@
+"""`SALTTrainer`: a drop-in `transformers.Trainer` that distils from a small teacher during the first n_KD steps.
+
+Design (see docs/salt.md):
+- The loss comes from both models' final hidden states through their output layers in chunks
+  (:func:`hf_salt.losses.fused_kd_loss`), so no ``[batch, seq, vocab]`` logits exist in training.
+- It is a sum over tokens divided by ``num_items_in_batch`` (all micro-batches of the optimizer step, all ranks),
+  hence ``loss_is_scaled_for_ga = True`` and GA/DDP give the same gradients as one big batch.
+- omega comes from :class:`hf_salt.schedules.KDScheduleCallback`; when it is 0 the teacher is not run at all.
+- Logged components are accumulated as device tensors and merged (across ranks too) only in :meth:`log`.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import warnings
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import SequentialSampler
+from transformers import AutoModelForCausalLM, PreTrainedModel, Trainer
+from transformers.utils import logging
+
+from hf_salt.losses import KDLossOutput, fused_kd_loss
+from hf_salt.schedules import KDScheduleCallback, KDState, resolve_kd_steps
+from hf_salt.trainers.salt_config import SALTConfig
+
+logger = logging.get_logger(__name__)
+
+# Transformers >= 5.19 reads the class attribute `loss_is_scaled_for_ga`; older versions infer "scaled" from
+# `model_accepts_loss_kwargs and num_items_in_batch is not None`, which we also make true (see __init__).
+_HAS_GA_FLAG = hasattr(Trainer, "loss_is_scaled_for_ga")
+_LOG_KEYS = ("ce_sum", "n", "kd_sum", "n_kd", "tce_sum", "n_tce")
+
+
+def _is_peft(model: nn.Module) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(model, PeftModel)
+
+
+def _causal_lm(model: nn.Module) -> PreTrainedModel:
+    """The `*ForCausalLM` module under DDP/DeepSpeed/PEFT wrappers."""
+    return model.get_base_model() if _is_peft(model) else model
+
+
+def _decoder_and_head(lm: PreTrainedModel) -> tuple[nn.Module, nn.Module]:
+    """The base model (returns the hidden states the head reads) and the output layer, found generically."""
+    decoder = lm.base_model
+    head = lm.get_output_embeddings()
+    if decoder is lm or head is None:
+        raise ValueError(
+            f"{type(lm).__name__} has no separate base model / output layer (base_model_prefix="
+            f"{getattr(lm, 'base_model_prefix', None)!r}); SALTTrainer needs a *ForCausalLM model."
+        )
+    return decoder, head
+
+
+def _logit_transform(config: Any) -> tuple[float | None, float | None]:
+    """(scale, softcap) a model applies to its logits: Cohere `logit_scale`, Granite 1/`logits_scaling`,
+    Gemma 2/3 `final_logit_softcapping`."""
+    scale = getattr(config, "logit_scale", None)
+    if getattr(config, "logits_scaling", None):
+        scale = 1.0 / config.logits_scaling
+    return scale, getattr(config, "final_logit_softcapping", None)
+
+
+def _gathered(params: list[torch.Tensor | None]):
+    """Under DeepSpeed ZeRO-3 the output layer is partitioned outside its module's forward: gather it."""
+    ds_params = [p for p in params if p is not None and hasattr(p, "ds_id")]
+    if not ds_params:
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(ds_params, modifier_rank=None)
+
+
+def _redirect_forward(wrapper: nn.Module, inner: nn.Module, fn: Callable[..., Any], **kwargs: Any) -> Any:
+    """Run ``fn(**kwargs)`` as if it were ``inner.forward``, called through ``wrapper`` (DDP / FSDP / DeepSpeed),
+    so the wrapper's forward hooks (gradient sync, parameter all-gathers) fire. Same idea as TRL's
+    ``_ForwardRedirection``."""
+    had_own = "forward" in inner.__dict__
+    original = inner.__dict__.get("forward")
+
+    def restore() -> None:
+        if had_own:
+            inner.forward = original
+        else:
+            inner.__dict__.pop("forward", None)
+
+    def patched(*args: Any, **kw: Any) -> Any:
+        restore()  # nested calls of inner.forward behave normally
+        return fn(*args, **kw)
+
+    inner.forward = patched
+    try:
+        return wrapper(**kwargs)
+    finally:
+        restore()
+
+
+def _torch_dtype(value: Any) -> Any:
+    if isinstance(value, str) and value != "auto":
+        return getattr(torch, value)
+    return value
+
+
+class SALTTrainer(Trainer):
+    """Trainer for SALT: KD from a small teacher for the first n_KD optimizer steps, then plain training.
+
+    Args:
+        model: the student (`*ForCausalLM`) or a local path.
+        args: a :class:`SALTConfig`.
+        teacher_model: the teacher (model or local path); defaults to ``args.teacher_model_name_or_path``.
+        peft_config: optional PEFT config, applied with :func:`hf_salt.peft_utils.apply_peft`.
+        kd_schedule: optional callable ``step -> omega`` replacing ``args.kd_schedule``.
+        **kwargs: everything `transformers.Trainer` takes.
+    """
+
+    loss_is_scaled_for_ga = True
+    _tag_names = ["hf-salt", "salt"]
+
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module | str | None = None,
+        args: SALTConfig | None = None,
+        teacher_model: PreTrainedModel | nn.Module | str | None = None,
+        peft_config: Any | None = None,
+        kd_schedule: Callable[[int], float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if args is None:
+            args = SALTConfig(output_dir="tmp_trainer")
+        if not isinstance(args, SALTConfig):
+            raise TypeError(f"SALTTrainer needs args=SALTConfig(...), got {type(args).__name__}.")
+        if isinstance(model, str):
+            model = AutoModelForCausalLM.from_pretrained(model)
+        if model is None:
+            raise ValueError("SALTTrainer needs a student model (a *ForCausalLM model or a local path).")
+        if peft_config is not None:
+            from hf_salt.peft_utils import apply_peft
+
+            model = apply_peft(model, peft_config, args=args, reads_output_layer=True)
+        teacher = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
+        if teacher is None:
+            raise ValueError(
+                "SALTTrainer needs a teacher: pass teacher_model=... or set teacher_model_name_or_path."
+            )
+        teacher = self._load_teacher(teacher, args)
+
+        self._kd_schedule_fn = kd_schedule
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        callbacks.append(
+            KDScheduleCallback(
+                kd_weight=args.kd_weight,
+                kd_steps=args.kd_steps,
+                schedule=None if kd_schedule is not None else args.kd_schedule,
+                decay_start=args.kd_decay_start,
+                schedule_fn=kd_schedule,
+            )
+        )
+        super().__init__(model=model, args=args, callbacks=callbacks, **kwargs)
+
+        # Our compute_loss normalises by num_items_in_batch itself; the Trainer only counts it when it believes
+        # the model takes loss kwargs, so make it believe that, and count over labels[..., 1:] like our shift.
+        self._student_accepts_loss_kwargs = self.model_accepts_loss_kwargs
+        self.model_accepts_loss_kwargs = True
+        if hasattr(self, "_loss_shifts_labels"):
+            self._loss_shifts_labels = True
+
+        self._acc: torch.Tensor | None = None
+        self._omega_sum, self._omega_count, self._omega_last_step = 0.0, 0, -1
+        self._bad_step: torch.Tensor | None = None
+        self._teacher_placement = "device"
+        self._curriculum_active = False
+        self.teacher_model = self._prepare_teacher(teacher)
+        self._vocab_limit = self._check_vocab()
+        self._warn_if_teacher_larger()
+        if hasattr(self.model, "add_model_tags"):
+            self.model.add_model_tags(self._tag_names)
+
+    # ------------------------------------------------------------------------------------------------ teacher
+    @staticmethod
+    def _load_teacher(teacher: Any, args: SALTConfig) -> nn.Module:
+        init_kwargs = dict(args.teacher_model_init_kwargs or {})
+        for key in ("dtype", "torch_dtype"):
+            if key in init_kwargs:
+                init_kwargs[key] = _torch_dtype(init_kwargs[key])
+        if isinstance(teacher, str):
+            from transformers.integrations import deepspeed as hf_ds
+
+            ds_ref = getattr(hf_ds, "_hf_deepspeed_config_weak_ref", None)
+            replicate = args.teacher_sharding == "replicate" and ds_ref is not None
+            if replicate:  # load a full copy: keep from_pretrained from partitioning it with zero.Init
+                hf_ds.unset_hf_deepspeed_config()
+            try:
+                teacher = AutoModelForCausalLM.from_pretrained(teacher, **init_kwargs)
+            finally:
+                if replicate:
+                    hf_ds._hf_deepspeed_config_weak_ref = ds_ref
+        else:
+            dtype = init_kwargs.get("dtype", init_kwargs.get("torch_dtype"))
+            if isinstance(dtype, torch.dtype):
+                teacher = teacher.to(dtype=dtype)
+        return teacher
+
+    def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
+        """eval mode, no grad, on the student's device; never wrapped by DDP, never in the optimizer."""
+        teacher.eval()
+        teacher.requires_grad_(False)
+        if getattr(teacher.config, "use_cache", None):
+            teacher.config.use_cache = False
+        if self.is_deepspeed_enabled and self.args.teacher_sharding == "shard":
+            import copy
+
+            import deepspeed
+
+            ds_config = copy.deepcopy(self.accelerator.state.deepspeed_plugin.deepspeed_config)
+            for key in ("optimizer", "scheduler"):
+                ds_config.pop(key, None)
+            if ds_config.get("zero_optimization", {}).get("stage") != 3:
+                ds_config.setdefault("zero_optimization", {})["stage"] = 0
+            engine, *_ = deepspeed.initialize(model=teacher, config=ds_config)
+            engine.eval()
+            return engine
+        return teacher.to(self.args.device)
+
+    @property
+    def _teacher_module(self) -> nn.Module:
+        teacher = self.teacher_model
+        return getattr(teacher, "module", teacher) if not isinstance(teacher, PreTrainedModel) else teacher
+
+    def _check_vocab(self) -> int | None:
+        """Return the row count to use when cutting padded vocabularies, None when sizes agree."""
+        student = _causal_lm(self.accelerator.unwrap_model(self.model))
+        n_s = student.get_output_embeddings().weight.shape[0]
+        n_t = self._teacher_module.get_output_embeddings().weight.shape[0]
+        if n_s == n_t:
+            return None
+        tok = self.processing_class
+        tok_len = len(tok) if tok is not None and hasattr(tok, "__len__") else None
+        if not self.args.kd_truncate_vocab:
+            raise ValueError(
+                f"Teacher and student vocabularies differ ({n_t} vs {n_s} output rows). KD needs the same tokenizer. "
+                "If both are the same tokenizer padded to different sizes, set kd_truncate_vocab=True and pass "
+                "processing_class=tokenizer; otherwise pick a teacher trained with the student's tokenizer."
+            )
+        if tok_len is None:
+            raise ValueError(
+                "kd_truncate_vocab=True needs processing_class=tokenizer to know the shared length."
+            )
+        if tok_len > min(n_s, n_t):
+            raise ValueError(
+                f"kd_truncate_vocab: the tokenizer has {tok_len} tokens but the output layers have {n_t} (teacher) and "
+                f"{n_s} (student) rows, so the vocabularies are not the same tokenizer padded; they cannot be cut."
+            )
+        logger.warning(f"kd_truncate_vocab: KD and CE use the first {tok_len} rows of both output layers.")
+        return tok_len
+
+    def _warn_if_teacher_larger(self) -> None:
+        n_t = sum(p.numel() for p in self._teacher_module.parameters())
+        n_s = sum(p.numel() for p in self.accelerator.unwrap_model(self.model).parameters())
+        if n_t > n_s:
+            warnings.warn(
+                f"The teacher ({n_t:,} parameters) is larger than the student ({n_s:,}). SALT is about SMALL teachers "
+                "helping large students early in training; this works but is ordinary distillation.",
+                stacklevel=3,
+            )
+
+    @property
+    def kd_callback(self) -> KDScheduleCallback:
+        """The schedule callback (looked up each time: resuming may replace it with a restored copy)."""
+        for cb in self.callback_handler.callbacks:
+            if isinstance(cb, KDScheduleCallback):
+                if cb.schedule_fn is None and self._kd_schedule_fn is not None:
+                    cb.schedule_fn = self._kd_schedule_fn
+                return cb
+        raise RuntimeError("KDScheduleCallback was removed from the trainer; SALTTrainer needs it.")
+
+    @property
+    def kd_state(self) -> KDState:
+        return self.kd_callback.kd
+
+    @property
+    def kd_steps(self) -> int:
+        """Resolved n_KD (a fraction of max_steps is resolved when training starts)."""
+        cb = self.kd_callback
+        if isinstance(cb.kd_steps, float) and self.state.max_steps > 0:
+            return resolve_kd_steps(cb.kd_steps, self.state.max_steps)
+        return cb.kd.kd_steps if isinstance(cb.kd_steps, float) else int(cb.kd_steps)
+
+    def _manage_teacher_placement(self, omega: float) -> None:
+        """Offload the teacher once omega is 0 for good; bring it back if a custom schedule needs it again."""
+        mode = self.args.teacher_offload_after_kd
+        if omega > 0:
+            if self._teacher_placement == "cpu":
+                self.teacher_model.to(self.args.device)
+                self._teacher_placement = "device"
+            elif self._teacher_placement == "freed":
+                raise RuntimeError(
+                    "The KD schedule asks for the teacher after it was freed (teacher_offload_after_kd='free'); "
+                    "use 'cpu' or 'keep' with a schedule that is not 0 for good after kd_steps."
+                )
+            return
+        if mode == "keep" or self._teacher_placement != "device" or not self.kd_state.kd_done:
+            return
+        if mode == "cpu" and not isinstance(self.teacher_model, PreTrainedModel):
+            return  # a DeepSpeed teacher engine stays where it is
+        if mode == "cpu":
+            self.teacher_model.to("cpu")
+            self._teacher_placement = "cpu"
+        else:
+            self.teacher_model = None
+            self._teacher_placement = "freed"
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------------------------------------ loss
+    def _teacher_hidden(self, model_inputs: dict[str, Any]) -> torch.Tensor:
+        teacher = self._teacher_module
+        decoder, _ = _decoder_and_head(teacher)
+        with torch.no_grad():
+            out = decoder(**model_inputs, use_cache=False)
+        return out[0]
+
+    def _fused_loss(
+        self,
+        lm: PreTrainedModel,
+        hidden: torch.Tensor,
+        teacher_hidden: torch.Tensor | None,
+        labels: torch.Tensor,
+        shift: bool,
+        omega: float,
+        num_items_in_batch: Any,
+    ) -> KDLossOutput:
+        head = lm.get_output_embeddings()
+        bias = getattr(head, "bias", None)
+        t_w = t_b = None
+        t_scale = t_cap = None
+        teacher_head = None
+        if teacher_hidden is not None:
+            teacher = self._teacher_module
+            teacher_head = teacher.get_output_embeddings()
+            t_scale, t_cap = _logit_transform(teacher.config)
+        params = [head.weight, bias]
+        if teacher_head is not None:
+            params += [teacher_head.weight, getattr(teacher_head, "bias", None)]
+        with _gathered(params):
+            w, b = head.weight, bias
+            if teacher_head is not None:
+                t_w, t_b = teacher_head.weight, getattr(teacher_head, "bias", None)
+            n = self._vocab_limit
+            if n is not None:
+                w, b = w[:n], (b[:n] if b is not None else None)
+                t_w = t_w[:n] if t_w is not None else None
+                t_b = t_b[:n] if t_b is not None else None
+            s_scale, s_cap = _logit_transform(lm.config)
+            return fused_kd_loss(
+                hidden,
+                w,
+                teacher_hidden,
+                t_w,
+                labels,
+                kd_weight=omega,
+                divergence=self.args.kd_divergence,
+                temperature=self.args.kd_temperature,
+                beta=self.args.kd_jsd_beta,
+                num_items_in_batch=num_items_in_batch,
+                student_bias=b,
+                teacher_bias=t_b,
+                student_logit_scale=s_scale,
+                student_softcap=s_cap,
+                teacher_logit_scale=t_scale,
+                teacher_softcap=t_cap,
+                chunk_size=self.args.kd_chunk_size,
+                shift_labels=shift,
+                backend=self.args.kd_loss_backend,
+            )
+
+    def _student_loss(
+        self, model: nn.Module, model_inputs: dict[str, Any], **loss_kwargs: Any
+    ) -> KDLossOutput:
+        inner = self.accelerator.unwrap_model(model)
+        lm = _causal_lm(inner)
+        decoder, _ = _decoder_and_head(lm)
+
+        def run(**kw: Any) -> KDLossOutput:
+            hidden = decoder(**kw, use_cache=False)[0]
+            return self._fused_loss(lm, hidden, **loss_kwargs)
+
+        if model is inner:
+            return run(**model_inputs)
+        return KDLossOutput(*_redirect_forward(model, inner, run, **model_inputs))
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        """``sum_t [(1 - w) CE + w tau^2 D] / num_items_in_batch`` (times the number of processes, as the base
+        Trainer does, to cancel DDP's gradient averaging). Evaluation reports the plain CE (w = 0)."""
+        if "labels" not in inputs and "shift_labels" not in inputs:
+            raise ValueError(
+                "SALTTrainer needs `labels` in each batch (e.g. DataCollatorForLanguageModeling(mlm=False))."
+            )
+        training = model.training
+        if (
+            not training
+            and return_outputs
+            and self.compute_metrics is not None
+            and not self.args.prediction_loss_only
+        ):
+            # metrics need logits: the ordinary path (full logits), as a plain Trainer would do
+            saved = self.model_accepts_loss_kwargs
+            self.model_accepts_loss_kwargs = self._student_accepts_loss_kwargs
+            try:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            finally:
+                self.model_accepts_loss_kwargs = saved
+        shift = "shift_labels" not in inputs
+        labels = inputs["labels"] if shift else inputs["shift_labels"]
+        model_inputs = {
+            k: v for k, v in inputs.items() if k not in ("labels", "shift_labels", "num_items_in_batch")
+        }
+
+        omega = self.kd_state.kd_weight if training else 0.0
+        if training:
+            self._manage_teacher_placement(omega)
+        teacher_hidden = self._teacher_hidden(model_inputs) if omega > 0 else None
+        out = self._student_loss(
+            model,
+            model_inputs,
+            teacher_hidden=teacher_hidden,
+            labels=labels,
+            shift=shift,
+            omega=omega,
+            num_items_in_batch=num_items_in_batch,
+        )
+        loss = out.loss
+        if num_items_in_batch is None:
+            if (
+                training and _HAS_GA_FLAG
+            ):  # a local mean: scale for GA ourselves (we declared the loss scaled)
+                loss = loss / self.current_gradient_accumulation_steps
+        elif self.args.average_tokens_across_devices:
+            tp = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
+            loss = loss * (self.accelerator.num_processes // tp if self.args.n_gpu <= 1 else self.args.n_gpu)
+        if training:
+            self._record(out, omega)
+        return (loss, {"loss": loss.detach()}) if return_outputs else loss
+
+    # ------------------------------------------------------------------------------------------------ logging
+    def _record(self, out: KDLossOutput, omega: float) -> None:
+        """Accumulate this micro-batch's sums on the device (no host sync)."""
+        ce = out.ce_sum.float()
+        zero = torch.zeros((), device=ce.device)
+        n = out.num_tokens.to(ce.device, torch.float32)
+        kd = out.kd_sum.float() if out.kd_sum is not None else zero
+        tce = out.teacher_ce_sum.float() if out.teacher_ce_sum is not None else zero
+        row = torch.stack(
+            [
+                ce,
+                n,
+                kd,
+                n if out.kd_sum is not None else zero,
+                tce,
+                n if out.teacher_ce_sum is not None else zero,
+            ]
+        )
+        self._acc = row if self._acc is None else self._acc + row
+        step = self.state.global_step
+        if step != self._omega_last_step:
+            self._omega_sum += omega
+            self._omega_count += 1
+            self._omega_last_step = step
+        if out.teacher_ce_sum is not None:
+            # A flag tensor instead of a check here: `.item()` would sync the host with the device every
+            # micro-step. The price: the error surfaces at the next log/save, up to logging_steps later,
+            # but it still names the first bad step.
+            bad = ~torch.isfinite(out.teacher_ce_sum)
+            if self._bad_step is None:
+                self._bad_step = torch.full((), -1, dtype=torch.long, device=ce.device)
+            self._bad_step = torch.where(bad & (self._bad_step < 0), step + 1, self._bad_step)
+
+    def _check_teacher_finite(self) -> None:
+        if self._bad_step is not None:
+            bad = int(self._bad_step)
+            if bad >= 0:
+                raise FloatingPointError(
+                    f"The teacher produced NaN/inf logits (its cross-entropy is not finite) at training step {bad}. "
+                    "Check the teacher's dtype (fp16 overflows; use bf16/fp32 via teacher_model_init_kwargs) and "
+                    "its weights."
+                )
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add loss_ce, loss_kd, kd_weight and teacher_ce, averaged over the logging window and all ranks."""
+        self._check_teacher_finite()
+        if "loss" in logs and self._acc is not None:
+            acc = self._acc
+            if self.args.world_size > 1:
+                acc = self.accelerator.reduce(acc, reduction="sum")
+            ce, n, kd, n_kd, tce, n_tce = acc.tolist()
+            self._acc = None
+            if n > 0:
+                logs["loss_ce"] = ce / n
+            if n_kd > 0:
+                logs["loss_kd"] = kd / n_kd
+            if n_tce > 0:
+                logs["teacher_ce"] = tce / n_tce
+            if self._omega_count:
+                logs["kd_weight"] = self._omega_sum / self._omega_count
+            self._omega_sum, self._omega_count = 0.0, 0
+        super().log(logs, start_time)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        self._check_teacher_finite()  # never save a checkpoint trained on a broken teacher
+        super()._save_checkpoint(model, trial)
+
+    # ------------------------------------------------------------------------------------------------ data
+    def get_train_dataloader(self):
+        """SALT_DS hook: a collator with ``curriculum(...)`` decides the training order (read sequentially)."""
+        curriculum = getattr(self.data_collator, "curriculum", None)
+        if callable(curriculum) and not self._curriculum_active:
+            args = self.args
+            gbs = (
+                args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
+            )
+            if args.max_steps > 0:
+                max_steps = args.max_steps
+            else:
+                max_steps = math.ceil(len(self.train_dataset) / gbs) * math.ceil(args.num_train_epochs)
+            self.train_dataset = curriculum(
+                self.train_dataset,
+                kd_steps=resolve_kd_steps(args.kd_steps, max_steps),
+                global_batch_size=gbs,
+                total_samples=max_steps * gbs,
+                seed=args.seed,
+            )
+            self._curriculum_active = True
+        return super().get_train_dataloader()
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self._curriculum_active:
+            return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+        return super()._get_train_sampler(train_dataset)
+
+    # ------------------------------------------------------------------------------------------------ hub
+    def create_model_card(
+        self,
+        model_name: str | None = None,
+        dataset_name: str | list[str] | None = None,
+        tags: str | list[str] | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """Write README.md with the SALT settings (teacher, n_KD, schedule, omega, tau, divergence)."""
+        from hf_salt.model_card import write_model_card
+
+        args = self.args
+        teacher = args.teacher_model_name_or_path
+        if teacher is None and self.teacher_model is not None:
+            teacher = self._teacher_module
+        info = {
+            "teacher": teacher,
+            "kd_steps": self.kd_steps,
+            "kd_schedule": "custom" if self._kd_schedule_fn is not None else args.kd_schedule,
+            "kd_weight": args.kd_weight,
+            "kd_temperature": args.kd_temperature,
+            "divergence": args.kd_divergence
+            + (f" (beta={args.kd_jsd_beta})" if args.kd_divergence == "jsd" else ""),
+            "teacher_policy": f"{args.teacher_sharding}, after KD: {args.teacher_offload_after_kd}",
+        }
+        if args.kd_schedule != "step" and args.kd_decay_start is not None:
+            info["kd_decay_start"] = args.kd_decay_start
+        return write_model_card(
+            self,
+            method="salt",
+            method_info=info,
+            model_name=model_name,
+            dataset_name=dataset_name,
+            tags=tags,
+            **kwargs,
+        )

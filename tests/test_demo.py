@@ -1,0 +1,68 @@
+"""`hf-salt demo` end to end at the tiny scale (seconds), and the experiment helpers."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from hf_salt.cli.main import main
+from hf_salt.experiments import ExperimentConfig, resolve_arms, steps_to_reach
+
+
+def test_steps_to_reach_interpolates():
+    steps, losses = [0, 10, 20, 30], [5.0, 4.0, 3.0, 2.5]
+    assert steps_to_reach(steps, losses, 3.5) == pytest.approx(15.0)
+    assert steps_to_reach(steps, losses, 3.0) == pytest.approx(20.0)
+    assert steps_to_reach(steps, losses, 6.0) == 0.0
+    assert steps_to_reach(steps, losses, 2.0) is None
+
+
+def test_arm_resolution():
+    assert resolve_arms(["salt"]) == ["baseline", "salt"]  # the baseline is always trained
+    default = resolve_arms(["default"])
+    assert default[:2] == ["baseline", "salt"]
+    with pytest.raises(ValueError, match="Unknown arm"):
+        ExperimentConfig(arms=["nope"])
+
+
+def test_tiny_demo_end_to_end(tmp_path, capsys):
+    rng = random.Random(0)
+    words = "the cat sat on a mat while dogs ran over hills and rivers under bright morning skies".split()
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for split, n in (("train", 400), ("valid", 40)):
+        lines = [" ".join(rng.choice(words) for _ in range(30)) for _ in range(n)]
+        (corpus / f"{split}.txt").write_text("\n".join(lines))
+    out = tmp_path / "demo"
+    code = main(
+        [
+            "demo",
+            "--scale",
+            "tiny",
+            "--corpus",
+            str(corpus),
+            "--output_dir",
+            str(out),
+            "--arms",
+            "baseline",
+            "salt",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "reach baseline" in printed and "curves.png" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["arms"]) == {"baseline", "salt"}
+    salt = results["arms"]["salt"]
+    assert salt["steps"] == 8 and salt["kd_steps"] == 2
+    assert salt["curve"]["kd_weight"][0] == pytest.approx(0.5) and salt["curve"]["kd_weight"][-1] == 0.0
+    assert len(salt["curve"]["eval_loss"]) == 3  # step 0, 4, 8
+    assert 0.0 < results["arms"]["baseline"]["steps_to_baseline_fraction"] <= 1.0
+    assert (out / "curves.png").stat().st_size > 1000
+    model = AutoModelForCausalLM.from_pretrained(out / "salt")
+    assert torch.isfinite(next(model.parameters())).all()
+    assert (out / "teacher" / "config.json").exists()
