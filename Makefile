@@ -10,6 +10,10 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 EXTRAS ?= test
+# DeepSpeed (ZeRO CPU tests) is an sdist: built against the venv's torch (--no-build-isolation: no CUDA torch
+# pulled into an isolated build), without CUDA ops, with its CPU shared-memory comm op compiled ahead of time
+# (else the first gloo run JIT-compiles it for minutes). `make test DEEPSPEED=` skips it.
+DEEPSPEED ?= deepspeed==0.19.8
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip -q --disable-pip-version-check
 STAMP := $(VENV)/.hf-salt-installed
@@ -21,6 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --upgrade pip
 	$(PIP) install "$(TORCH)"
 	$(PIP) install -e ".[$(EXTRAS)]"
+	$(if $(DEEPSPEED),DS_BUILD_OPS=0 DS_BUILD_SHM_COMM=1 $(PIP) install --no-build-isolation "$(DEEPSPEED)")
 	@touch $@
 
 install: $(STAMP)

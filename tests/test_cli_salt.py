@@ -69,6 +69,8 @@ def test_pretrain_salt_and_salt_ds_from_the_command_line(tmp_path, capsys):
     # n_KD = 2 steps x global batch 4 = 8 blocks from the scored pool
     assert "SALT_DS: 8 of 48 scored blocks feed the 2 KD steps" in out
     assert (tmp_path / "ds" / "model" / "model.safetensors").exists()
+    card = (tmp_path / "ds" / "model" / "README.md").read_text()
+    assert "salt_ds" in card and str(teacher / "model") in card and "48" in card  # method, teacher, pool size
 
 
 def test_salt_ds_needs_a_teacher(tmp_path, capsys):

@@ -9,6 +9,7 @@ does `--config file.yaml`.
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from transformers import (
 
 from hf_salt.cli.parser import Command
 from hf_salt.data import check_block_size, load_corpus, load_tokenizer, pack_dataset
-from hf_salt.io import save_pretrained_atomic
+from hf_salt.io import atomic_directory
 from hf_salt.schedules import resolve_kd_steps
 from hf_salt.trainers.salt_config import SALTConfig
 from hf_salt.zoo import PRESETS, build_model, count_parameters
@@ -189,8 +190,16 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Pre
     metrics = trainer.evaluate()
     ppl = math.exp(min(metrics["eval_loss"], 50.0))
     trainer.log_metrics("eval", {**metrics, "perplexity": ppl})
+    if training_args.teacher_model_name_or_path:
+        trainer.create_model_card(model_name=Path(training_args.output_dir).name)  # output_dir/README.md
     if trainer.is_world_process_zero():
-        out = save_pretrained_atomic(Path(training_args.output_dir) / "model", trainer.model, tokenizer)
+        out = Path(training_args.output_dir) / "model"
+        with atomic_directory(out) as tmp:
+            trainer.model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            card = Path(training_args.output_dir) / "README.md"
+            if card.exists():
+                shutil.copy(card, tmp / "README.md")
         print(f"validation loss {metrics['eval_loss']:.4f}  perplexity {ppl:.2f}  model saved to {out}")
     return 0
 

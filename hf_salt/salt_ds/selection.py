@@ -125,7 +125,15 @@ def select(
             )
         else:
             chosen = np.random.default_rng(seed).choice(in_band, size=n, replace=False)
-    return scored.select(np.sort(chosen))
+    pool = scored.select(np.sort(chosen))
+    # recorded for the model card (SALTTrainer.create_model_card reads it through SALTDSCollator)
+    pool.salt_ds_selection = {
+        "pool_size": len(scored),
+        "selected_size": len(pool),
+        "statistic": statistic or "as scored",
+        "band": f"{band[0]:g}-{band[1]:g} percentile" if band is not None else "top scores",
+    }
+    return pool
 
 
 def _check_band(band: tuple[float, float]) -> tuple[float, float]:

@@ -72,10 +72,20 @@ def _logit_transform(config: Any) -> tuple[float | None, float | None]:
 
 def _gathered(params: list[torch.Tensor | None]):
     """Under DeepSpeed ZeRO-3 the output layer is partitioned outside its module's forward: gather it."""
-    ds_params = [p for p in params if p is not None and hasattr(p, "ds_id")]
-    if not ds_params:
+    partitioned = any(p is not None and hasattr(p, "ds_id") for p in params)
+    if not partitioned:
         return nullcontext()
     import deepspeed
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    # only what is still partitioned: a weight tied to the (active) embedding must not be gathered and freed twice
+    ds_params = [
+        p
+        for p in params
+        if p is not None and hasattr(p, "ds_id") and p.ds_status == ZeroParamStatus.NOT_AVAILABLE
+    ]
+    if not ds_params:
+        return nullcontext()
 
     return deepspeed.zero.GatheredParameters(ds_params, modifier_rank=None)
 
@@ -238,8 +248,11 @@ class SALTTrainer(Trainer):
     def _check_vocab(self) -> int | None:
         """Return the row count to use when cutting padded vocabularies, None when sizes agree."""
         student = _causal_lm(self.accelerator.unwrap_model(self.model))
-        n_s = student.get_output_embeddings().weight.shape[0]
-        n_t = self._teacher_module.get_output_embeddings().weight.shape[0]
+        # a ZeRO-3 partitioned weight has shape (0,); its full shape is ds_shape
+        w_s = student.get_output_embeddings().weight
+        w_t = self._teacher_module.get_output_embeddings().weight
+        n_s = getattr(w_s, "ds_shape", w_s.shape)[0]
+        n_t = getattr(w_t, "ds_shape", w_t.shape)[0]
         if n_s == n_t:
             return None
         tok = self.processing_class
@@ -579,9 +592,14 @@ class SALTTrainer(Trainer):
         }
         if args.kd_schedule != "step" and args.kd_decay_start is not None:
             info["kd_decay_start"] = args.kd_decay_start
+        method = "salt"
+        selection = getattr(getattr(self.data_collator, "selected_dataset", None), "salt_ds_selection", None)
+        if selection is not None:  # SALT_DS: the KD stage read a teacher-selected pool
+            method = "salt+salt_ds"
+            info.update(selection)
         return write_model_card(
             self,
-            method="salt",
+            method=method,
             method_info=info,
             model_name=model_name,
             dataset_name=dataset_name,
