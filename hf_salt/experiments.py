@@ -16,6 +16,7 @@ import importlib
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from hf_salt.trainers.salt_config import SALTConfig
+from hf_salt.trainers.salt_trainer import SALTTrainer
 
 
 @dataclass
@@ -380,6 +382,8 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
         student, trainer_cls, salt_fields, kwargs, teacher_cost = ARMS[name].build(ctx)
         uses_salt = trainer_cls is not Trainer
         args_cls = SALTConfig if uses_salt else TrainingArguments
+        if uses_salt:  # recorded in the model card; the teacher itself is passed in memory below
+            salt_fields = {**salt_fields, "teacher_model_name_or_path": results["teacher"]["path"]}
         args = _training_args(
             args_cls, config, out / "_runs" / name, config.max_steps, config.learning_rate, **salt_fields
         )
@@ -400,6 +404,7 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
         path = out / name.replace("+", "_plus_")
         trainer.save_model(str(path))
         tokenizer.save_pretrained(str(path))
+        _write_card(trainer, name, path)
         results["arms"][name] = {
             "description": ARMS[name].description,
             "steps": config.max_steps,
@@ -424,6 +429,21 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     (out / "results.json").write_text(json.dumps(results, indent=2))
     results["results_json"] = str(out / "results.json")
     return results
+
+
+def _write_card(trainer: Trainer, arm: str, path: Path) -> None:
+    """Give every hf-salt arm's model folder its model card (method, teacher, schedule, grown-from, metrics)."""
+    if isinstance(trainer, SALTTrainer):
+        trainer.create_model_card(model_name=f"hf-salt-demo-{arm}")
+    elif getattr(trainer.model.config, "hypercloning", None):
+        from hf_salt.model_card import write_model_card
+
+        write_model_card(trainer, method="hypercloning", method_info={}, model_name=f"hf-salt-demo-{arm}")
+    else:
+        return
+    card = Path(trainer.args.output_dir) / "README.md"
+    if card.exists():
+        shutil.copy(card, path / "README.md")
 
 
 def _device_name(config: ExperimentConfig) -> str:

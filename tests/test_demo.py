@@ -50,13 +50,19 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
             "--arms",
             "baseline",
             "salt",
+            "hypercloning",
         ]
     )
     assert code == 0
     printed = capsys.readouterr().out
     assert "reach baseline" in printed and "curves.png" in printed
     results = json.loads((out / "results.json").read_text())
-    assert set(results["arms"]) == {"baseline", "salt"}
+    assert set(results["arms"]) == {"baseline", "salt", "hypercloning"}
+    # every hf-salt arm's model folder carries its model card
+    salt_card = (out / "salt" / "README.md").read_text()
+    assert "hf-salt" in salt_card and str(out / "teacher") in salt_card and "2410.18779" in salt_card
+    clone_card = (out / "hypercloning" / "README.md").read_text()
+    assert "2409.12903" in clone_card and "hypercloning" in clone_card.lower()
     salt = results["arms"]["salt"]
     assert salt["steps"] == 8 and salt["kd_steps"] == 2
     assert salt["curve"]["kd_weight"][0] == pytest.approx(0.5) and salt["curve"]["kd_weight"][-1] == 0.0

@@ -12,7 +12,18 @@ from hf_salt.cli.parser import Command
 from hf_salt.experiments import ExperimentConfig, format_table, run_experiment
 
 SCALES: dict[str, dict] = {
-    "cpu": {},
+    # the per-arm budget of benchmarks/configs/cpu.yaml (one seed): ~1.5-2 minutes per arm on 2 cores
+    "cpu": dict(
+        block_size=64,
+        batch_size=8,
+        max_steps=480,
+        teacher_steps=240,
+        warmup_steps=24,
+        eval_every=24,
+        eval_blocks=128,
+        kd_fraction=0.2,
+        hypercloning_snr_db=10.0,
+    ),
     "tiny": dict(  # seconds: for tests and smoke checks
         teacher_preset="llama-tiny",
         student_preset="llama-tiny-2x",
