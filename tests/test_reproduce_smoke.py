@@ -1,0 +1,234 @@
+"""The reproduction benchmark (`benchmarks/reproduce.py`): its metric code against hand-computed values, and a
+tiny end-to-end run of every arm through `hf-salt benchmark` so the script cannot rot."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from hf_salt.cli.benchmark import load_reproduce
+
+rp = load_reproduce()
+
+
+# ------------------------------------------------------------------------------------------ first crossing
+def test_first_crossing_interpolates_between_bracketing_evals():
+    steps, losses = [0, 10, 20, 30], [5.0, 4.0, 3.0, 2.5]
+    # 3.5 lies half-way between 4.0 (step 10) and 3.0 (step 20)
+    assert rp.first_crossing(steps, losses, 3.5) == pytest.approx(15.0)
+    # 2.8 between 3.0 (step 20) and 2.5 (step 30): 20 + (3.0 - 2.8) / 0.5 * 10 = 24
+    assert rp.first_crossing(steps, losses, 2.8) == pytest.approx(24.0)
+    assert rp.first_crossing(steps, losses, 3.0) == pytest.approx(20.0)  # exact hit
+    assert rp.first_crossing(steps, losses, 2.0) is None  # never reached
+
+
+def test_first_crossing_first_eval_rule_and_first_of_several_crossings():
+    assert rp.first_crossing([0, 10], [2.0, 1.0], 3.0) == 0.0  # already below at the first evaluation
+    # the curve dips below, rises, dips again: the FIRST crossing counts (between step 10 and 20)
+    steps, losses = [0, 10, 20, 30, 40], [4.0, 3.2, 2.8, 3.1, 2.0]
+    assert rp.first_crossing(steps, losses, 3.0) == pytest.approx(15.0)
+
+
+def test_first_crossing_on_wall_clock_and_bad_input():
+    walls, losses = [0.0, 1.5, 4.5], [6.0, 5.0, 3.0]
+    assert rp.first_crossing(walls, losses, 4.0) == pytest.approx(3.0)  # 1.5 + 0.5 * 3.0
+    with pytest.raises(ValueError, match="differ in length"):
+        rp.first_crossing([0, 1], [1.0], 0.5)
+
+
+# ------------------------------------------------------------------------------------------ spread
+def test_spread_is_mean_sample_std_min_max():
+    s = rp.spread([1.0, 2.0, 3.0])
+    assert (s.mean, s.std, s.min, s.max, s.n) == (2.0, 1.0, 1.0, 3.0, 3)
+    two = rp.spread([0.6, 0.8])
+    assert two.mean == pytest.approx(0.7)
+    assert two.std == pytest.approx(math.sqrt(0.02))  # ddof=1: sqrt(((0.1)^2 + (0.1)^2) / 1)
+    assert two.fmt(2) == "0.70 ± 0.14 [0.60–0.80]"
+    one = rp.spread([0.5])
+    assert one.std == 0.0 and one.fmt(2) == "0.50"
+    with pytest.raises(ValueError):
+        rp.spread([])
+
+
+# ------------------------------------------------------------------------------------------ per-seed metrics
+def _run(losses, walls, *, train_time, uses_teacher=False, offline=0.0, steps=(0, 10, 20, 30, 40)):
+    return {
+        "curve": {"step": list(steps), "wall": list(walls), "loss": list(losses)},
+        "train_time_s": train_time,
+        "uses_teacher": uses_teacher,
+        "offline_teacher_s": offline,
+        "kd_weight": {"step": [], "weight": []},
+    }
+
+
+BASE = _run([9.0, 6.0, 5.0, 4.5, 4.0], [0, 10, 20, 30, 40], train_time=40.0)
+SALT = _run([9.0, 5.0, 4.0, 3.8, 3.7], [0, 15, 27, 37, 47], train_time=47.0, uses_teacher=True, offline=2.0)
+
+
+def test_run_metrics_against_hand_computed_values():
+    m = rp.run_metrics(SALT, BASE, teacher_train_s=10.0)
+    assert m["target_loss"] == 4.0
+    assert m["step"] == pytest.approx(20.0) and m["step_frac"] == pytest.approx(0.5)
+    # wall at the crossing = 27 s; + 2 s offline scoring = 29 s; / baseline's 40 s
+    assert m["wall_frac"] == pytest.approx(29.0 / 40.0)
+    assert m["wall_frac_with_teacher"] == pytest.approx(39.0 / 40.0)  # + 10 s teacher training
+    assert m["final_loss"] == 3.7 and m["final_ppl"] == pytest.approx(math.exp(3.7))
+    assert m["final_minus_baseline"] == pytest.approx(-0.3)
+    base = rp.run_metrics(BASE, BASE, teacher_train_s=10.0)  # the baseline reaches its own end at 1.0
+    assert base["step_frac"] == 1.0 and base["wall_frac"] == 1.0 and base["wall_frac_with_teacher"] == 1.0
+    never = rp.run_metrics(_run([9, 8, 7, 6, 5], [0, 1, 2, 3, 4], train_time=4.0), BASE, 10.0)
+    assert never["step_frac"] is None and never["wall_frac"] is None
+
+
+def _synthetic_results():
+    runs = {
+        "0": {"baseline": BASE, "salt": SALT},
+        "1": {
+            "baseline": _run([9.0, 6.2, 5.2, 4.6, 4.2], [0, 10, 20, 30, 40], train_time=40.0),
+            # crosses 4.2 between step 20 (4.4) and 30 (4.0): 25 -> 0.625
+            "salt": _run([9.0, 5.2, 4.4, 4.0, 3.9], [0, 15, 27, 37, 47], train_time=47.0, uses_teacher=True),
+        },
+    }
+    cfg = {
+        "arms": ["baseline", "salt"],
+        "seeds": [0, 1],
+        "teacher_seed": 7,
+        "teacher_per_seed": False,
+        "label": "synthetic",
+        "student_preset": "s",
+        "teacher_preset": "t",
+        "corpus": "c",
+        "max_steps": 40,
+        "batch_size": 2,
+        "gradient_accumulation_steps": 1,
+        "block_size": 8,
+        "kd_weight": 0.5,
+        "kd_temperature": 1.0,
+    }
+    teacher = {"seed": 7, "train_time_s": 10.0, "final_loss": 5.0, "preset": "t", "steps": 40}
+    return {"config": cfg, "runs": runs, "teachers": {"7": teacher}, "kd_steps": 8}
+
+
+def test_aggregate_table_and_targets_on_synthetic_curves(tmp_path):
+    results = _synthetic_results()
+    rows = rp.aggregate(results)
+    salt = next(r for r in rows if r["arm"] == "salt")
+    assert salt["step_frac"] == [pytest.approx(0.5), pytest.approx(0.625)]
+    assert salt["final_minus_baseline"].mean == pytest.approx(((3.7 - 4.0) + (3.9 - 4.2)) / 2)
+    table = rp.markdown_table(rows, results["teachers"]["7"])
+    assert "| salt | 2 | 0.56 ± 0.09 [0.50–0.62]" in table
+    targets = {t: met for t, _, met in rp.check_targets(rows)}
+    assert targets["salt: steps ≤ 0.70"] is True
+    assert targets["salt: ends below baseline"] is True
+    assert targets["hypercloning: steps ≤ 0.45"] is None  # not run
+    png = rp.plot_results(results, tmp_path / "curves.png")
+    assert png.stat().st_size > 5000
+
+
+def test_update_results_md_only_touches_its_block(tmp_path):
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# R\n\n## Reproduction: x\n\n_Not measured yet._\n\n## SALT step cost\n\nkeep me\n")
+    rp.update_results_md(md, "reproduce:cpu", "table one")
+    text = md.read_text()
+    assert "_Not measured yet._" not in text and "keep me" in text
+    assert text.index("table one") < text.index("## SALT step cost")
+    rp.update_results_md(md, "reproduce:cpu", "table two")
+    rp.update_results_md(md, "reproduce:sweep", "sweep")
+    text = md.read_text()
+    assert "table one" not in text and text.count("table two") == 1 and "sweep" in text
+    assert text.endswith("## SALT step cost\n\nkeep me\n")
+
+
+def test_ordered_indices_is_a_deterministic_concatenation_of_permutations():
+    a = rp.ordered_indices(5, 12, seed=3)
+    assert len(a) == 12 and np.array_equal(a, rp.ordered_indices(5, 12, seed=3))
+    assert sorted(a[:5]) == list(range(5)) and sorted(a[5:10]) == list(range(5))
+    assert not np.array_equal(a, rp.ordered_indices(5, 12, seed=4))
+
+
+def test_config_validation_messages():
+    with pytest.raises(ValueError, match="Unknown arm"):
+        rp.BenchmarkConfig(arms=["nope"])
+    with pytest.raises(ValueError, match="multiple of eval_every"):
+        rp.BenchmarkConfig(max_steps=10, eval_every=3)
+    assert rp.BenchmarkConfig(arms=["salt"]).arms == ["baseline", "salt"]
+    assert rp.BenchmarkConfig(max_steps=100, kd_fraction=0.2).kd_steps == 20
+
+
+# ------------------------------------------------------------------------------------------ end to end
+def test_every_arm_end_to_end_through_the_cli(tmp_path):
+    """All 8 arms, 1 seed, 8 steps of 4 x 32 tokens of llama-tiny-2x: the whole pipeline in seconds."""
+    from hf_salt.cli.main import main
+
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# R\n\n## Reproduction: x\n\n_Not measured yet._\n\n## Other\n\nother\n")
+    out = tmp_path / "run"
+    argv = [
+        "benchmark", "--corpus", "tinyshakespeare", "--max_train_blocks", "400",
+        "--teacher_preset", "llama-tiny", "--student_preset", "llama-tiny-2x", "--block_size", "32",
+        "--max_steps", "8", "--teacher_steps", "8", "--batch_size", "4", "--eval_every", "4",
+        "--eval_blocks", "8", "--warmup_steps", "1", "--seeds", "0", "--kd_fraction", "0.25",
+        "--hypercloning_snr_db", "10", "--hc_warmup_steps", "2", "--disable_tqdm", "true",
+        "--output_dir", str(out), "--report_dir", str(tmp_path), "--results_md", str(md), "--label", "tiny",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    runs = results["runs"]["0"]
+    assert list(runs) == list(rp.ALL_ARMS)
+    for arm, run in runs.items():
+        assert run["curve"]["step"] == [0, 4, 8], arm
+        assert all(math.isfinite(v) for v in run["curve"]["loss"]), arm
+        assert run["train_time_s"] > 0
+    assert runs["salt"]["kd_steps"] == 2 and runs["rkd"]["kd_steps"] == 8
+    assert runs["salt"]["kd_weight"]["weight"][:3] == [0.5, 0.5, 0.0]
+    assert runs["salt-linear"]["kd_weight"]["weight"][:3] == [0.5, 0.25, 0.0]
+    assert runs["salt_ds"]["offline_teacher_s"] > 0  # scoring is charged to the arm
+    teacher_loss = results["teachers"]["0"]["final_loss"]
+    # a clone computes the teacher's function: it starts at the teacher's validation loss
+    assert runs["hypercloning"]["curve"]["loss"][0] == pytest.approx(teacher_loss, abs=1e-4)
+    assert runs["hypercloning"]["warmup_steps"] == 2 and runs["baseline"]["warmup_steps"] == 1
+    # same init: baseline and SALT start from the same weights (evaluated by different loss code: ~1e-6)
+    assert runs["salt"]["curve"]["loss"][0] == pytest.approx(runs["baseline"]["curve"]["loss"][0], abs=1e-5)
+    text = md.read_text()
+    assert "| hypercloning+salt |" in text and "other" in text and "_Not measured yet._" not in text
+    assert (tmp_path / "reproduction_tiny.png").stat().st_size > 5000
+    # resuming reuses every run (no training): same numbers
+    assert main(argv) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert again["runs"]["0"]["salt"]["curve"] == runs["salt"]["curve"]
+
+
+def test_same_data_order_in_every_arm(tmp_path):
+    """Each seed fixes one order; an in-order trainer reads exactly it, and SALT_DS's stage 2 reads the
+    baseline's rows for the same steps."""
+    from transformers import Trainer, TrainingArguments
+
+    from hf_salt.experiments import Context
+    from hf_salt.zoo import build_model
+
+    cfg = rp.BenchmarkConfig(
+        corpus="tinyshakespeare", max_train_blocks=200, teacher_preset="llama-tiny",
+        student_preset="llama-tiny-2x", block_size=32, max_steps=8, batch_size=4, eval_every=4,
+        eval_blocks=8, kd_fraction=0.25, salt_ds_pool=2, output_dir=str(tmp_path),
+    )  # fmt: skip
+    bench = rp.Benchmark(cfg)
+    bench.load_data()
+    order = bench.order(0, cfg.max_steps)
+    assert len(order) == 32
+    expected = bench.train.select(rp.ordered_indices(len(bench.train), 32, 0).tolist())["input_ids"]
+    assert order["input_ids"] == expected
+    args = TrainingArguments(output_dir=str(tmp_path / "t"), per_device_train_batch_size=4, report_to="none")
+    trainer = rp.in_order(Trainer)(model=build_model("llama-tiny", seed=0), args=args, train_dataset=order)
+    first = next(iter(trainer.get_train_dataloader()))
+    assert first["input_ids"].tolist() == order["input_ids"][:4]
+
+    teacher = build_model("llama-tiny", seed=1).eval()
+    ctx = Context(rp._experiment_config(cfg, 0), bench.tokenizer, order, bench.validation, teacher, 0.0)
+    _, _, _, kwargs, scoring_s, uses_teacher = rp._build_arm("salt_ds", ctx, cfg)
+    curriculum = kwargs["data_collator"].curriculum(order, kd_steps=2, global_batch_size=4, total_samples=32)
+    assert uses_teacher and scoring_s > 0 and len(curriculum) == 32
+    tail = [curriculum[i]["input_ids"] for i in range(8, 32)]
+    assert tail == order["input_ids"][8:]  # stage 2 = the baseline's rows for steps 2..7
