@@ -73,7 +73,9 @@ class ExperimentConfig:
             "help": "Arms to train; 'default' = baseline, salt and every optional arm whose module imports."
         },
     )
-    kd_weight: float = field(default=0.5, metadata={"help": "SALT omega during the KD stage."})
+    kd_weight: float = field(
+        default=0.75, metadata={"help": "SALT omega during the KD stage (SALTConfig default)."}
+    )
     kd_temperature: float = field(default=1.0, metadata={"help": "SALT tau."})
     kd_fraction: float = field(default=0.25, metadata={"help": "n_KD as a fraction of max_steps, in (0, 1)."})
     salt_ds_pool: int = field(

@@ -65,7 +65,7 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
     assert "2409.12903" in clone_card and "hypercloning" in clone_card.lower()
     salt = results["arms"]["salt"]
     assert salt["steps"] == 8 and salt["kd_steps"] == 2
-    assert salt["curve"]["kd_weight"][0] == pytest.approx(0.5) and salt["curve"]["kd_weight"][-1] == 0.0
+    assert salt["curve"]["kd_weight"][0] == pytest.approx(0.75) and salt["curve"]["kd_weight"][-1] == 0.0
     assert len(salt["curve"]["eval_loss"]) == 3  # step 0, 4, 8
     assert 0.0 < results["arms"]["baseline"]["steps_to_baseline_fraction"] <= 1.0
     assert (out / "curves.png").stat().st_size > 1000

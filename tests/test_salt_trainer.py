@@ -50,6 +50,7 @@ def _args(tmp_path, **kw) -> SALTConfig:
         save_strategy="no",
         use_cpu=True,
         kd_steps=2,
+        kd_weight=0.5,  # explicit: the tests below compute expected values with it
         seed=0,
         data_seed=0,
         disable_tqdm=True,

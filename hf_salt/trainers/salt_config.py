@@ -39,9 +39,10 @@ class SALTConfig(TrainingArguments):
         },
     )
     kd_weight: float = field(
-        default=0.5,
+        default=0.75,
         metadata={
-            "help": "omega: weight of the KD term during stage 1; the loss is (1-omega)*CE + omega*KD. In [0, 1]."
+            "help": "omega: weight of the KD term during stage 1; the loss is (1-omega)*CE + omega*KD. In [0, 1]. "
+            "Default 0.75 from the CPU-scale sweep in benchmarks/RESULTS.md (0.25/0.5/0.75/0.9 x tau 1/2)."
         },
     )
     kd_temperature: float = field(
