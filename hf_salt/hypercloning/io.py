@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel
+
+from hf_salt.io import atomic_directory
 
 
 def save_pretrained_atomic(
@@ -28,20 +28,8 @@ def save_pretrained_atomic(
         raise FileExistsError(
             f"{dst} already exists and is not empty; choose another folder or pass overwrite=True."
         )
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-    try:
+    with atomic_directory(dst) as tmp:
         model.save_pretrained(tmp, **save_kwargs)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if dst.exists():
-            old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-            os.rename(dst, old)
-            os.rename(tmp, dst)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dst
