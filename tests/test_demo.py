@@ -51,13 +51,15 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
             "baseline",
             "salt",
             "hypercloning",
+            "hypercloning+salt",
+            "salt_ds",
         ]
     )
     assert code == 0
     printed = capsys.readouterr().out
     assert "reach baseline" in printed and "curves.png" in printed
     results = json.loads((out / "results.json").read_text())
-    assert set(results["arms"]) == {"baseline", "salt", "hypercloning"}
+    assert set(results["arms"]) == {"baseline", "salt", "hypercloning", "hypercloning+salt", "salt_ds"}
     # every hf-salt arm's model folder carries its model card
     salt_card = (out / "salt" / "README.md").read_text()
     assert "hf-salt" in salt_card and str(out / "teacher") in salt_card and "2410.18779" in salt_card
