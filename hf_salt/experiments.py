@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from hf_salt.trainers.salt_config import SALTConfig
 from hf_salt.trainers.salt_trainer import SALTTrainer
@@ -281,6 +282,46 @@ class _StepTimer(TrainerCallback):
         self.seconds += time.perf_counter() - self._t0
 
 
+class QuietProgress(ProgressCallback):
+    """One progress bar per run with the latest losses as its postfix, instead of a printed dict per log.
+
+    The demo logs every ``eval_every / 5`` steps (the KD-weight curve needs them) and evaluates every
+    ``eval_every``; printing each of those, plus a bar per evaluation, buries the table the user is waiting for.
+    """
+
+    _SHOWN = ("loss", "eval_loss", "kd_weight")
+
+    def __init__(self, desc: str = "") -> None:
+        super().__init__()
+        self.desc = desc
+        self.postfix: dict[str, str] = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.training_bar is not None and self.desc:
+            self.training_bar.set_description(self.desc)
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        pass  # no bar per evaluation: the result shows up in the training bar's postfix
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in self._SHOWN:
+            if logs and isinstance(logs.get(key), (int, float)):
+                self.postfix[key] = f"{logs[key]:.4g}"
+        if state.is_world_process_zero and self.training_bar is not None:
+            self.training_bar.set_postfix(self.postfix, refresh=False)
+
+
+def quiet_progress(trainer: Trainer, desc: str = "") -> Trainer:
+    """Swap the Trainer's printing callbacks for :class:`QuietProgress` (a no-op with ``disable_tqdm``)."""
+    if trainer.args.disable_tqdm:
+        return trainer
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(QuietProgress(desc))
+    return trainer
+
+
 def _training_args(
     cls: type[TrainingArguments], config: ExperimentConfig, out: Path, steps: int, lr: float, **extra
 ):
@@ -362,6 +403,7 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     trainer = Trainer(
         model=teacher, args=targs, train_dataset=train, eval_dataset=validation, callbacks=[timer]
     )
+    quiet_progress(trainer, f"teacher ({config.teacher_preset})")
     initial = trainer.evaluate()["eval_loss"]
     trainer.train()
     final = trainer.evaluate()["eval_loss"]
@@ -400,6 +442,7 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
             callbacks=[timer],
             **kwargs,
         )
+        quiet_progress(trainer, name)
         initial = trainer.evaluate()["eval_loss"]
         trainer.train()
         final = trainer.evaluate()["eval_loss"]

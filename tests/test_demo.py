@@ -56,8 +56,11 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
         ]
     )
     assert code == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "reach baseline" in printed and "curves.png" in printed
+    # the per-log dicts go to the progress bars' postfix, not to the console as lines of their own
+    assert "'loss'" not in captured.out + captured.err and "'eval_loss'" not in captured.out + captured.err
     results = json.loads((out / "results.json").read_text())
     assert set(results["arms"]) == {"baseline", "salt", "hypercloning", "hypercloning+salt", "salt_ds"}
     # every hf-salt arm's model folder carries its model card
