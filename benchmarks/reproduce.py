@@ -440,7 +440,9 @@ def check_targets(rows: list[dict[str, Any]]) -> list[tuple[str, str, bool | Non
         m = _mean_or_none(by[arm][key])
         return ("not reached in every seed" if m is None else f"{m:.2f}"), m
 
-    for arm, limit in (("salt", 0.70),):
+    # the targets are SALT's: judged for every schedule that was run (the step schedule is always listed)
+    salt_arms = ["salt"] + [a for a in ("salt-linear", "salt-linear_ratio") if a in by]
+    for arm, limit in ((a, 0.70) for a in salt_arms):
         text, m = frac(arm, "step_frac")
         out.append(
             (f"{arm}: steps ≤ {limit:.2f}", text, None if arm not in by else (m is not None and m <= limit))
@@ -1022,6 +1024,12 @@ def report_markdown(results: dict[str, Any], rows: list[dict[str, Any]], plot_re
         if cfg["teacher_per_seed"]
         else f"one teacher for all seeds, seed {cfg['teacher_seed']}"
     )
+    decay_note = (
+        f"; salt-linear and salt-linear_ratio hold omega for the first {cfg['kd_decay_start']:.0%} of n_KD, then "
+        "decay it to 0 at n_KD"
+        if cfg.get("kd_decay_start") is not None
+        else ""
+    )
     lines = [
         f"### Scale: {cfg['label']} — {cfg['student_preset']} student, {cfg['teacher_preset']} teacher, {cfg['corpus']}",
         "",
@@ -1032,7 +1040,7 @@ def report_markdown(results: dict[str, Any], rows: list[dict[str, Any]], plot_re
         f"Budget: {cfg['max_steps']} steps x {cfg['batch_size'] * cfg['gradient_accumulation_steps']} blocks x "
         f"{cfg['block_size']} tokens = {cfg['max_steps'] * cfg['batch_size'] * cfg['gradient_accumulation_steps'] * cfg['block_size']:,} "
         f"tokens per arm ({results['epochs']:.2f} epochs of {results['train_tokens']:,} training tokens); "
-        f"teacher {cfg['teacher_steps']} steps; n_KD = {results['kd_steps']} ({cfg['kd_fraction']:.0%}); "
+        f"teacher {cfg['teacher_steps']} steps; n_KD = {results['kd_steps']} ({cfg['kd_fraction']:.0%}{decay_note}); "
         f"omega = {cfg['kd_weight']}, tau = {cfg['kd_temperature']}; AdamW, peak LR {cfg['learning_rate']}, "
         f"{cfg['warmup_steps']} warm-up steps then cosine; "
         f"HyperCloning LR {cfg['hc_learning_rate'] or cfg['learning_rate']}, warm-up "

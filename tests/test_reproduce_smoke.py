@@ -124,8 +124,22 @@ def test_aggregate_table_and_targets_on_synthetic_curves(tmp_path):
     assert targets["salt: steps ≤ 0.70"] is True
     assert targets["salt: ends below baseline"] is True
     assert targets["hypercloning: steps ≤ 0.45"] is None  # not run
+    assert not any(t.startswith("salt-linear") for t in targets)  # smooth schedules are judged only when run
     png = rp.plot_results(results, tmp_path / "curves.png")
     assert png.stat().st_size > 5000
+
+
+def test_targets_judge_every_salt_schedule_that_ran():
+    results = _synthetic_results()
+    results["config"]["arms"] = ["baseline", "salt", "salt-linear_ratio"]
+    slow = _run([9.0, 8.0, 6.0, 4.5, 3.95], [0, 12, 24, 36, 48], train_time=48.0, uses_teacher=True)
+    for seed in ("0", "1"):
+        results["runs"][seed]["salt-linear_ratio"] = slow
+    targets = {t: met for t, _, met in rp.check_targets(rp.aggregate(results))}
+    assert targets["salt: steps ≤ 0.70"] is True
+    assert targets["salt-linear_ratio: steps ≤ 0.70"] is False  # crosses 4.0 / 4.2 late or never
+    assert targets["salt-linear_ratio: ends below baseline"] is True
+    assert "salt-linear: steps ≤ 0.70" not in targets
 
 
 def test_update_results_md_only_touches_its_block(tmp_path):
