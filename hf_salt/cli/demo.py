@@ -1,7 +1,7 @@
 """`hf-salt demo`: teacher, baseline, SALT (and friends) on the embedded WikiText-2, with a table and a plot.
 
-The default fits a laptop CPU in about 10 minutes; `--scale gpu` picks a GPU-sized run (bigger presets, longer
-blocks, more steps); any field can be set by hand (`--max_steps`, `--student_preset`, ...).
+The default takes about 11 minutes on 2 idle CPU cores (measured); `--scale gpu` picks a GPU-sized run (bigger
+presets, longer blocks, more steps); any field can be set by hand (`--max_steps`, `--student_preset`, ...).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class DemoArgs:
     scale: str = field(
         default="cpu",
         metadata={
-            "help": "Size of the run: cpu (about 10 minutes on a laptop), tiny (seconds), gpu.",
+            "help": "Size of the run: cpu (about 11 minutes on 2 CPU cores), tiny (seconds), gpu.",
             "choices": list(SCALES),
         },
     )
