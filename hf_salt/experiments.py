@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_callback import ProgressCallback
 
 from hf_salt.trainers.salt_config import SALTConfig
 from hf_salt.trainers.salt_trainer import SALTTrainer
@@ -313,10 +313,9 @@ class QuietProgress(ProgressCallback):
 
 
 def quiet_progress(trainer: Trainer, desc: str = "") -> Trainer:
-    """Swap the Trainer's printing callbacks for :class:`QuietProgress` (a no-op with ``disable_tqdm``)."""
+    """Swap the Trainer's progress bar for :class:`QuietProgress` (a no-op with ``disable_tqdm``: no bar then)."""
     if trainer.args.disable_tqdm:
         return trainer
-    trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(QuietProgress(desc))
     return trainer
