@@ -590,8 +590,8 @@ def _salt_ds_same_order(ctx: Any, cfg: BenchmarkConfig) -> tuple[Any, type, dict
     this seed's order, the top-scored budget becomes the KD stage, then rows [budget, end) of the order."""
     import torch
 
+    from hf_salt.salt.trainer import SALTTrainer
     from hf_salt.salt_ds import SALTDSCollator, score_dataset, select
-    from hf_salt.trainers.salt_trainer import SALTTrainer
 
     budget = cfg.kd_steps * cfg.global_batch_size
     start = time.perf_counter()
@@ -765,7 +765,7 @@ class Benchmark:
         from transformers import Trainer, TrainingArguments, set_seed
 
         from hf_salt.experiments import Context
-        from hf_salt.trainers.salt_config import SALTConfig
+        from hf_salt.salt.config import SALTConfig
 
         cfg = self.cfg
         set_seed(seed)

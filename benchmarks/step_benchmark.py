@@ -68,8 +68,8 @@ def _rss_mb() -> float:
 
 
 def run_variant(variant: str, cfg: dict, gpu: bool) -> dict:
-    from hf_salt.trainers.salt_config import SALTConfig
-    from hf_salt.trainers.salt_trainer import SALTTrainer
+    from hf_salt.salt.config import SALTConfig
+    from hf_salt.salt.trainer import SALTTrainer
 
     n = (cfg["steps"] + cfg["warmup"]) * cfg["batch"]
     ids = torch.randint(0, cfg["vocab"], (n, cfg["seq"]), generator=torch.Generator().manual_seed(0))

@@ -74,7 +74,7 @@ def load_data(name: str, a: argparse.Namespace) -> DatasetDict:
     if name == "shop":
         train, test = make_shop(a.n_eval, seed=1234)
         return DatasetDict({"train": train, "validation": test})
-    from hf_salt.data.step_by_step import load_step_by_step
+    from hf_salt.step_by_step.data import load_step_by_step
 
     data = load_step_by_step(name)
     return DatasetDict({"train": data["train"], "validation": data["validation"].select(range(a.cqa_n_eval))})
@@ -94,8 +94,8 @@ def majority(data: DatasetDict) -> float:
 
 
 def run_one(data: DatasetDict, fraction: float, weight: float, seed: int, cfg: dict, tok, tag: str) -> dict:  # noqa: ANN001
-    from hf_salt.trainers.step_by_step_config import StepByStepConfig
-    from hf_salt.trainers.step_by_step_trainer import StepByStepTrainer
+    from hf_salt.step_by_step.config import StepByStepConfig
+    from hf_salt.step_by_step.trainer import StepByStepTrainer
     from hf_salt.zoo import build_model
 
     train = data["train"]

@@ -23,9 +23,9 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from hf_salt.cli.parser import parse_args
 from hf_salt.data import load_tokenizer
-from hf_salt.data.step_by_step import load_step_by_step
-from hf_salt.trainers.step_by_step_config import StepByStepConfig
-from hf_salt.trainers.step_by_step_trainer import StepByStepTrainer
+from hf_salt.step_by_step.config import StepByStepConfig
+from hf_salt.step_by_step.data import load_step_by_step
+from hf_salt.step_by_step.trainer import StepByStepTrainer
 from hf_salt.zoo import PRESETS, build_model
 
 

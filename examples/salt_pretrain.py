@@ -32,8 +32,8 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, default_data_col
 
 from hf_salt.cli.parser import parse_args
 from hf_salt.data import check_block_size, load_corpus, load_tokenizer, pack_dataset
-from hf_salt.trainers.salt_config import SALTConfig
-from hf_salt.trainers.salt_trainer import SALTTrainer
+from hf_salt.salt.config import SALTConfig
+from hf_salt.salt.trainer import SALTTrainer
 from hf_salt.zoo import PRESETS, build_model
 
 logger = logging.getLogger("salt_pretrain")

@@ -14,24 +14,24 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _LAZY: dict[str, str] = {
     # SALT
-    "SALTConfig": "hf_salt.trainers.salt_config",
-    "SALTTrainer": "hf_salt.trainers.salt_trainer",
-    "KDScheduleCallback": "hf_salt.schedules",
-    "kd_weight_at": "hf_salt.schedules",
-    "fused_kd_loss": "hf_salt.losses",
-    "KDState": "hf_salt.schedules",
+    "SALTConfig": "hf_salt.salt.config",
+    "SALTTrainer": "hf_salt.salt.trainer",
+    "KDScheduleCallback": "hf_salt.salt.schedules",
+    "kd_weight_at": "hf_salt.salt.schedules",
+    "fused_kd_loss": "hf_salt.salt.losses",
+    "KDState": "hf_salt.salt.schedules",
     "ExperimentConfig": "hf_salt.experiments",
     "run_experiment": "hf_salt.experiments",
     "register_arm": "hf_salt.experiments",
     # SALT_DS
     "SALTDSCollator": "hf_salt.salt_ds",
     # distilling step-by-step
-    "StepByStepConfig": "hf_salt.trainers.step_by_step_config",
-    "StepByStepTrainer": "hf_salt.trainers.step_by_step_trainer",
-    "StepByStepCollator": "hf_salt.trainers.step_by_step_collator",
-    "load_step_by_step": "hf_salt.data.step_by_step",
-    "generate_rationales": "hf_salt.data.rationales",
-    "safe_arithmetic": "hf_salt.evaluation",
+    "StepByStepConfig": "hf_salt.step_by_step.config",
+    "StepByStepTrainer": "hf_salt.step_by_step.trainer",
+    "StepByStepCollator": "hf_salt.step_by_step.collator",
+    "load_step_by_step": "hf_salt.step_by_step.data",
+    "generate_rationales": "hf_salt.step_by_step.rationales",
+    "safe_arithmetic": "hf_salt.step_by_step.metrics",
     # data and models
     "load_corpus": "hf_salt.data",
     "load_tokenizer": "hf_salt.data",
@@ -42,7 +42,7 @@ _LAZY: dict[str, str] = {
 }
 
 # sub-packages reachable as attributes: hf_salt.hypercloning, hf_salt.salt_ds, ...
-_SUBMODULES = {"hypercloning", "salt_ds", "data", "zoo", "losses", "schedules", "trainers", "cli"}
+_SUBMODULES = {"salt", "salt_ds", "step_by_step", "hypercloning", "data", "zoo", "cli"}
 
 __all__ = sorted(_LAZY) + sorted(_SUBMODULES) + ["__version__"]
 

@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import ProgressCallback
 
-from hf_salt.trainers.salt_config import SALTConfig
-from hf_salt.trainers.salt_trainer import SALTTrainer
+from hf_salt.salt.config import SALTConfig
+from hf_salt.salt.trainer import SALTTrainer
 
 
 @dataclass
@@ -178,7 +178,7 @@ def _baseline(ctx: Context):
 
 def _salt_arm(schedule: str):
     def build(ctx: Context):
-        from hf_salt.trainers.salt_trainer import SALTTrainer
+        from hf_salt.salt.trainer import SALTTrainer
 
         return ctx.fresh_student(), SALTTrainer, ctx.salt_fields(kd_schedule=schedule), {}, ctx.teacher_cost_s
 
@@ -196,7 +196,7 @@ register_arm("salt-linear_ratio", description="SALT with linear decay of omega/(
 
 @register_arm("rkd", description="KD for the whole run (the paper's RKD strawman)")
 def _rkd(ctx: Context):
-    from hf_salt.trainers.salt_trainer import SALTTrainer
+    from hf_salt.salt.trainer import SALTTrainer
 
     fields = ctx.salt_fields(kd_steps=ctx.config.max_steps, teacher_offload_after_kd="keep")
     return ctx.fresh_student(), SALTTrainer, fields, {}, ctx.teacher_cost_s
@@ -221,7 +221,7 @@ def _hypercloning(ctx: Context):
     "hypercloning+salt", requires=("hf_salt.hypercloning",), description="HyperCloning init, then SALT"
 )
 def _hypercloning_salt(ctx: Context):
-    from hf_salt.trainers.salt_trainer import SALTTrainer
+    from hf_salt.salt.trainer import SALTTrainer
 
     return _clone(ctx), SALTTrainer, ctx.salt_fields(), {}, ctx.teacher_cost_s
 
@@ -230,8 +230,8 @@ def _hypercloning_salt(ctx: Context):
     "salt_ds", requires=("hf_salt.salt_ds",), description="SALT on teacher-selected blocks during KD"
 )
 def _salt_ds(ctx: Context):
+    from hf_salt.salt.trainer import SALTTrainer
     from hf_salt.salt_ds import SALTDSCollator, score_dataset, select
-    from hf_salt.trainers.salt_trainer import SALTTrainer
 
     c = ctx.config
     start = time.perf_counter()

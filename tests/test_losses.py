@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_salt.losses import (
+from hf_salt.salt.losses import (
     fused_kd_loss,
     kd_divergence,
     kd_loss_from_logits,

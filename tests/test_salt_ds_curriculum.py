@@ -141,8 +141,8 @@ def test_stage_switch_and_exact_resume_with_trainer(tmp_path, pool, train_set):
 
 def test_salt_trainer_stage_switch_and_resume(tmp_path, pool, train_set):
     """With SALTTrainer itself: it finds `curriculum`, reads it in order, switches at kd_steps, resumes exactly."""
-    from hf_salt.trainers.salt_config import SALTConfig
-    from hf_salt.trainers.salt_trainer import SALTTrainer
+    from hf_salt.salt.config import SALTConfig
+    from hf_salt.salt.trainer import SALTTrainer
 
     class Recording(SALTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

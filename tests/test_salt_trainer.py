@@ -9,8 +9,8 @@ import torch
 from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
-from hf_salt.trainers.salt_config import SALTConfig
-from hf_salt.trainers.salt_trainer import SALTTrainer
+from hf_salt.salt.config import SALTConfig
+from hf_salt.salt.trainer import SALTTrainer
 
 V, SEQ = 128, 16
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import TrainerControl, TrainerState
 
-from hf_salt.schedules import KDScheduleCallback, kd_weight_at, resolve_decay_start, resolve_kd_steps
+from hf_salt.salt.schedules import KDScheduleCallback, kd_weight_at, resolve_decay_start, resolve_kd_steps
 
 
 def test_step_schedule():

@@ -10,17 +10,17 @@ import torch
 import torch.nn.functional as F
 
 from hf_salt.data import load_tokenizer
-from hf_salt.data.step_by_step import load_step_by_step, parse_anli, parse_cqa, parse_esnli, parse_svamp
-from hf_salt.evaluation import (
+from hf_salt.step_by_step.collator import IGNORE_INDEX, StepByStepCollator
+from hf_salt.step_by_step.config import StepByStepConfig
+from hf_salt.step_by_step.data import load_step_by_step, parse_anli, parse_cqa, parse_esnli, parse_svamp
+from hf_salt.step_by_step.metrics import (
     UnsafeExpressionError,
     compute_label_metrics,
     equation_accuracy,
     exact_match,
     safe_arithmetic,
 )
-from hf_salt.trainers.step_by_step_collator import IGNORE_INDEX, StepByStepCollator
-from hf_salt.trainers.step_by_step_config import StepByStepConfig
-from hf_salt.trainers.step_by_step_trainer import StepByStepTrainer
+from hf_salt.step_by_step.trainer import StepByStepTrainer
 from hf_salt.zoo import build_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "step_by_step"

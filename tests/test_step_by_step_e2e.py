@@ -8,7 +8,7 @@ import pytest
 from datasets import Dataset
 
 from hf_salt.data import load_tokenizer
-from hf_salt.data.rationales import generate_rationales, parse_continuation
+from hf_salt.step_by_step.rationales import generate_rationales, parse_continuation
 from hf_salt.zoo import build_model
 
 INPUTS = [{"input": f"question number {i}", "label": str(i)} for i in range(7)]
@@ -71,8 +71,8 @@ def test_custom_parser_marks_success(tmp_path):
 
 @pytest.mark.parametrize("preset", ["t5-tiny", "llama-tiny"])
 def test_trainer_end_to_end(preset, tmp_path):
-    from hf_salt.trainers.step_by_step_config import StepByStepConfig
-    from hf_salt.trainers.step_by_step_trainer import StepByStepTrainer
+    from hf_salt.step_by_step.config import StepByStepConfig
+    from hf_salt.step_by_step.trainer import StepByStepTrainer
 
     rows = [
         {
@@ -166,8 +166,8 @@ def test_cli_generate_rationales(tmp_path, capsys):
 @pytest.mark.parametrize("preset", ["t5-tiny", "llama-tiny"])
 def test_generated_labels_stop_and_score(preset, tmp_path):
     """A constant label is learned in a few steps; scoring it 1.0 needs targets that end in EOS."""
-    from hf_salt.trainers.step_by_step_config import StepByStepConfig
-    from hf_salt.trainers.step_by_step_trainer import StepByStepTrainer
+    from hf_salt.step_by_step.config import StepByStepConfig
+    from hf_salt.step_by_step.trainer import StepByStepTrainer
 
     rows = [{"input": f"item {i}", "label": "yes", "rationale": "", "llm_label": ""} for i in range(16)]
     args = StepByStepConfig(

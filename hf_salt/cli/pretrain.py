@@ -23,8 +23,8 @@ from transformers import (
 from hf_salt.cli.parser import Command
 from hf_salt.data import check_block_size, load_corpus, load_tokenizer, pack_dataset
 from hf_salt.io import atomic_directory
-from hf_salt.schedules import resolve_kd_steps
-from hf_salt.trainers.salt_config import SALTConfig
+from hf_salt.salt.config import SALTConfig
+from hf_salt.salt.schedules import resolve_kd_steps
 from hf_salt.zoo import PRESETS, build_model, count_parameters
 
 
@@ -181,7 +181,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Pre
         processing_class=tokenizer,
     )
     if training_args.teacher_model_name_or_path:
-        from hf_salt.trainers.salt_trainer import SALTTrainer
+        from hf_salt.salt.trainer import SALTTrainer
 
         trainer: Trainer = SALTTrainer(**kwargs)
     else:

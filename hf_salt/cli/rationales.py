@@ -16,7 +16,7 @@ from datasets import load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_salt.cli.parser import Command
-from hf_salt.data.rationales import DEFAULT_MARKER, DEFAULT_TEMPLATE, generate_rationales
+from hf_salt.step_by_step.rationales import DEFAULT_MARKER, DEFAULT_TEMPLATE, generate_rationales
 
 _BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 

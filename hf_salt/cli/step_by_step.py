@@ -14,10 +14,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from hf_salt.cli.parser import Command
 from hf_salt.data import load_tokenizer
-from hf_salt.data.step_by_step import SHIPPED_DATASETS, load_step_by_step
 from hf_salt.io import save_pretrained_atomic
-from hf_salt.trainers.step_by_step_config import StepByStepConfig
-from hf_salt.trainers.step_by_step_trainer import StepByStepTrainer
+from hf_salt.step_by_step.config import StepByStepConfig
+from hf_salt.step_by_step.data import SHIPPED_DATASETS, load_step_by_step
+from hf_salt.step_by_step.trainer import StepByStepTrainer
 from hf_salt.zoo import PRESETS, build_model
 
 

@@ -1,15 +1,13 @@
-"""Data for pre-training and task distillation: embedded corpora, the shipped tokenizer, packing."""
+"""Shared data for pre-training: embedded corpora, the shipped tokenizer, packing."""
 
 from hf_salt.data.corpora import EMBEDDED_CORPORA, load_corpus
 from hf_salt.data.packing import check_block_size, pack_dataset
-from hf_salt.data.step_by_step import load_step_by_step
 from hf_salt.data.tokenizer import load_tokenizer, train_tokenizer
 
 __all__ = [
     "EMBEDDED_CORPORA",
     "check_block_size",
     "load_corpus",
-    "load_step_by_step",
     "load_tokenizer",
     "pack_dataset",
     "train_tokenizer",

@@ -23,7 +23,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from hf_salt.data.step_by_step import PARSERS
+from hf_salt.step_by_step.data import PARSERS
 
 logger = logging.getLogger(__name__)
 

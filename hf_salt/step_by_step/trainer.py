@@ -21,8 +21,8 @@ from datasets import Dataset
 from torch import nn
 from transformers import EvalPrediction, PreTrainedModel, Seq2SeqTrainer
 
-from hf_salt.trainers.step_by_step_collator import IGNORE_INDEX, RAW_COLUMNS, StepByStepCollator
-from hf_salt.trainers.step_by_step_config import StepByStepConfig
+from hf_salt.step_by_step.collator import IGNORE_INDEX, RAW_COLUMNS, StepByStepCollator
+from hf_salt.step_by_step.config import StepByStepConfig
 
 logger = logging.getLogger(__name__)
 
@@ -294,7 +294,7 @@ class StepByStepTrainer(Seq2SeqTrainer):
 
     def _default_compute_metrics(self, pred: EvalPrediction) -> dict[str, float]:
         """Decode generations and gold labels and score them (`accuracy`, `exact_match`)."""
-        from hf_salt.evaluation import compute_label_metrics
+        from hf_salt.step_by_step.metrics import compute_label_metrics
 
         tok = self.processing_class
 

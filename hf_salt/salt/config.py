@@ -8,8 +8,8 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from hf_salt.losses import BACKENDS, DIVERGENCES
-from hf_salt.schedules import SCHEDULES
+from hf_salt.salt.losses import BACKENDS, DIVERGENCES
+from hf_salt.salt.schedules import SCHEDULES
 
 TEACHER_OFFLOAD = ("keep", "cpu", "free")
 TEACHER_SHARDING = ("replicate", "shard")

@@ -21,7 +21,7 @@ MAX_EXPONENT = 64  # |b| in a ** b
 MAX_MAGNITUDE = 1e100  # any intermediate result beyond this is rejected
 MAX_EXPRESSION_CHARS = 512
 MAX_NODES = 200
-LABEL_ACCURACY_MODULE = Path(__file__).resolve().parent / "assets" / "metrics" / "label_accuracy"
+LABEL_ACCURACY_MODULE = Path(__file__).resolve().parent.parent / "assets" / "metrics" / "label_accuracy"
 
 _BINARY: dict[type, Callable[[float, float], float]] = {
     ast.Add: operator.add,

@@ -2,10 +2,10 @@
 
 Design (see docs/salt.md):
 - The loss comes from both models' final hidden states through their output layers in chunks
-  (:func:`hf_salt.losses.fused_kd_loss`), so no ``[batch, seq, vocab]`` logits exist in training.
+  (:func:`hf_salt.salt.losses.fused_kd_loss`), so no ``[batch, seq, vocab]`` logits exist in training.
 - It is a sum over tokens divided by ``num_items_in_batch`` (all micro-batches of the optimizer step, all ranks),
   hence ``loss_is_scaled_for_ga = True`` and GA/DDP give the same gradients as one big batch.
-- omega comes from :class:`hf_salt.schedules.KDScheduleCallback`; when it is 0 the teacher is not run at all.
+- omega comes from :class:`hf_salt.salt.schedules.KDScheduleCallback`; when it is 0 the teacher is not run at all.
 - Logged components are accumulated as device tensors and merged (across ranks too) only in :meth:`log`.
 """
 
@@ -24,9 +24,9 @@ from torch.utils.data import SequentialSampler
 from transformers import AutoModelForCausalLM, PreTrainedModel, Trainer
 from transformers.utils import logging
 
-from hf_salt.losses import KDLossOutput, fused_kd_loss
-from hf_salt.schedules import KDScheduleCallback, KDState, resolve_kd_steps
-from hf_salt.trainers.salt_config import SALTConfig
+from hf_salt.salt.config import SALTConfig
+from hf_salt.salt.losses import KDLossOutput, fused_kd_loss
+from hf_salt.salt.schedules import KDScheduleCallback, KDState, resolve_kd_steps
 
 logger = logging.get_logger(__name__)
 
