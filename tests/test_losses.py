@@ -186,3 +186,33 @@ def test_no_vocab_sized_tensor_kept_for_backward():
     assert saved == sorted([(B * T, HS), (V, HS), (0,)]), saved
     out.loss.backward()
     assert hs.grad.shape == hs.shape and ws.grad.shape == ws.shape
+
+
+def _total_variation(s, t, beta):
+    return 0.5 * (s.exp() - t.exp()).abs().sum(-1)
+
+
+def test_divergence_registry_drives_the_loss_and_the_backend_choice(monkeypatch):
+    """A registered divergence is what the torch backend computes; a backend without a kernel for it refuses
+    (explicit choice) or is skipped (auto) instead of computing another divergence."""
+    from hf_salt.salt.losses import DIVERGENCES, Divergence, register_divergence
+
+    monkeypatch.setitem(DIVERGENCES, "tv", DIVERGENCES["forward_kl"])  # restored after the test
+    register_divergence(Divergence("tv", _total_variation))
+    data = _make(7, "random")
+    _assert_match(
+        _reference(*data, divergence="tv", kd_weight=0.6), _fused(*data, divergence="tv", kd_weight=0.6)
+    )
+    cuda = torch.device("cuda")  # a device object only: nothing runs on it
+    monkeypatch.setattr("hf_salt.salt.losses.liger_available", lambda: True)
+    kw = dict(device=cuda, plain_logits=True, has_teacher=True)
+    assert resolve_backend("auto", divergence="forward_kl", **kw) == "liger"
+    assert resolve_backend("auto", divergence="tv", **kw) == "torch"
+    assert (
+        resolve_backend("auto", divergence="jsd", device=cuda, plain_logits=False, has_teacher=True)
+        == "torch"
+    )
+    with pytest.raises(ValueError, match="no kernel for kd_divergence='tv'"):
+        resolve_backend("liger", divergence="tv", **kw)
+    with pytest.raises(ValueError, match="soft-capping"):
+        resolve_backend("liger", divergence="jsd", device=cuda, plain_logits=False, has_teacher=True)

@@ -65,3 +65,17 @@ def test_callback_sets_weight_for_coming_step_and_exports_state():
     restored = KDScheduleCallback(**cb.state()["args"])
     restored.resolve(8)
     assert [restored.weight_at(t) for t in range(6)] == [cb.weight_at(t) for t in range(6)]
+
+
+def test_schedule_registry(monkeypatch):
+    """A registered schedule is selectable by name; its capabilities drive validation."""
+    from hf_salt.salt.schedules import SCHEDULES, KDSchedule, get_schedule, register_schedule
+
+    monkeypatch.setitem(SCHEDULES, "square", SCHEDULES["linear"])  # restored after the test
+    register_schedule(KDSchedule("square", decay=lambda omega, frac: omega * frac * frac))
+    w = [kd_weight_at(t, kd_weight=0.8, kd_steps=4, schedule="square") for t in range(5)]
+    assert w == pytest.approx([0.8, 0.8 * 9 / 16, 0.8 * 4 / 16, 0.8 * 1 / 16, 0.0])
+    assert not get_schedule("step").uses_decay_start and get_schedule("linear").uses_decay_start
+    assert get_schedule("linear_ratio").needs_weight_below_one
+    with pytest.raises(ValueError, match="needs kd_weight < 1"):
+        kd_weight_at(0, kd_weight=1.0, kd_steps=4, schedule="linear_ratio")

@@ -6,8 +6,19 @@ its checkpointed callback. See docs/salt.md.
 """
 
 from hf_salt.salt.config import SALTConfig
-from hf_salt.salt.losses import fused_kd_loss
-from hf_salt.salt.schedules import KDScheduleCallback, KDState, kd_weight_at
+from hf_salt.salt.losses import Divergence, fused_kd_loss, register_divergence
+from hf_salt.salt.schedules import KDSchedule, KDScheduleCallback, KDState, kd_weight_at, register_schedule
 from hf_salt.salt.trainer import SALTTrainer
 
-__all__ = ["KDScheduleCallback", "KDState", "SALTConfig", "SALTTrainer", "fused_kd_loss", "kd_weight_at"]
+__all__ = [
+    "Divergence",
+    "KDSchedule",
+    "KDScheduleCallback",
+    "KDState",
+    "SALTConfig",
+    "SALTTrainer",
+    "fused_kd_loss",
+    "kd_weight_at",
+    "register_divergence",
+    "register_schedule",
+]

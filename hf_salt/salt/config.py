@@ -9,7 +9,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from hf_salt.salt.losses import BACKENDS, DIVERGENCES
-from hf_salt.salt.schedules import SCHEDULES
+from hf_salt.salt.schedules import SCHEDULES, get_schedule
 
 TEACHER_OFFLOAD = ("keep", "cpu", "free")
 TEACHER_SHARDING = ("replicate", "shard")
@@ -145,7 +145,9 @@ class SALTConfig(TrainingArguments):
                 f"kd_temperature must be > 0, got {self.kd_temperature}; use 1.0 for raw probabilities."
             )
         if self.kd_divergence not in DIVERGENCES:
-            raise ValueError(f"kd_divergence must be one of {DIVERGENCES}, got {self.kd_divergence!r}.")
+            raise ValueError(
+                f"kd_divergence must be one of {tuple(DIVERGENCES)}, got {self.kd_divergence!r}."
+            )
         if not 0.0 <= self.kd_jsd_beta <= 1.0:
             raise ValueError(f"kd_jsd_beta must be in [0, 1], got {self.kd_jsd_beta}.")
         self.kd_steps = _int_or_fraction(self.kd_steps, "kd_steps", "of max_steps")
@@ -154,10 +156,10 @@ class SALTConfig(TrainingArguments):
                 f"kd_steps must be >= 0 (steps) or in (0, 1) (fraction of max_steps), got {self.kd_steps}."
             )
         if self.kd_schedule not in SCHEDULES:
-            raise ValueError(f"kd_schedule must be one of {SCHEDULES}, got {self.kd_schedule!r}.")
-        if self.kd_schedule == "linear_ratio" and self.kd_weight >= 1.0:
+            raise ValueError(f"kd_schedule must be one of {tuple(SCHEDULES)}, got {self.kd_schedule!r}.")
+        if get_schedule(self.kd_schedule).needs_weight_below_one and self.kd_weight >= 1.0:
             raise ValueError(
-                "kd_schedule='linear_ratio' needs kd_weight < 1; lower kd_weight or use 'linear'."
+                f"kd_schedule={self.kd_schedule!r} needs kd_weight < 1; lower kd_weight or use 'linear'."
             )
         if self.kd_decay_start is not None:
             self.kd_decay_start = _int_or_fraction(

@@ -25,13 +25,13 @@ chunk and the student head matmul runs once per chunk in the forward and twice i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
-BACKENDS = ("auto", "torch", "liger")
 IGNORE_INDEX = -100
 
 
@@ -62,6 +62,55 @@ def jsd(student_logp: torch.Tensor, teacher_logp: torch.Tensor, beta: float = 0.
     return beta * kl_p + (1.0 - beta) * kl_q
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# The divergence registry: what each fused backend can compute is declared here, next to the divergence
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Divergence:
+    """A KD divergence and what the fused backends know about it.
+
+    Attributes:
+        name: the ``kd_divergence`` value.
+        fn: ``fn(student_logp, teacher_logp, beta) -> [...]`` per position, on log-probabilities.
+        liger_beta: the ``beta`` of Liger's fused generalised JSD that computes exactly this divergence
+            (``beta -> beta'``); None when Liger cannot compute it (the liger backend then refuses and ``auto``
+            falls back to torch, rather than training on another divergence).
+        closed_form: the torch backend's analytic gradient applies (no autograd inside the chunk loop).
+    """
+
+    name: str
+    fn: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+    liger_beta: Callable[[float], float] | None = None
+    closed_form: bool = False
+
+
+DIVERGENCES: dict[str, Divergence] = {}
+
+
+def register_divergence(divergence: Divergence) -> Divergence:
+    """Add a divergence (``kd_divergence=name`` then selects it); returns it."""
+    DIVERGENCES[divergence.name] = divergence
+    return divergence
+
+
+register_divergence(
+    Divergence(
+        "forward_kl", lambda s, t, beta: forward_kl(s, t), liger_beta=lambda beta: 0.0, closed_form=True
+    )
+)
+register_divergence(
+    Divergence("reverse_kl", lambda s, t, beta: reverse_kl(s, t), liger_beta=lambda beta: 1.0)
+)
+register_divergence(Divergence("jsd", jsd, liger_beta=lambda beta: beta))
+
+
+def get_divergence(name: str) -> Divergence:
+    try:
+        return DIVERGENCES[name]
+    except KeyError:
+        raise ValueError(f"divergence must be one of {tuple(DIVERGENCES)}, got {name!r}.") from None
+
+
 def kd_divergence(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -74,13 +123,7 @@ def kd_divergence(
     _check_divergence(divergence, temperature, beta)
     s = F.log_softmax(student_logits / temperature, dim=-1)
     t = F.log_softmax(teacher_logits / temperature, dim=-1)
-    if divergence == "forward_kl":
-        d = forward_kl(s, t)
-    elif divergence == "reverse_kl":
-        d = reverse_kl(s, t)
-    else:
-        d = jsd(s, t, beta)
-    return d * (temperature * temperature)
+    return get_divergence(divergence).fn(s, t, beta) * (temperature * temperature)
 
 
 def transform_logits(
@@ -312,36 +355,87 @@ def liger_available() -> bool:
     return True
 
 
-def resolve_backend(backend: str, *, device: torch.device, plain_logits: bool, has_teacher: bool) -> str:
-    """Pick the implementation. ``auto`` uses Liger only where it computes exactly our objective: CUDA, a teacher,
-    no logit scale/soft-capping (Liger's kernels have neither)."""
+def _liger_refusal(divergence: Divergence, plain_logits: bool) -> str | None:
+    if divergence.liger_beta is None:
+        return f"has no kernel for kd_divergence={divergence.name!r}; use 'torch' or 'auto'"
+    if not plain_logits:
+        return "does not support logit soft-capping or a logit scale; use 'torch' or 'auto'"
+    return None
+
+
+@dataclass(frozen=True)
+class LossBackend:
+    """An implementation of the fused KD loss and its capabilities.
+
+    Attributes:
+        name: the ``kd_loss_backend`` value.
+        available: whether its package is installed; ``install`` says how to get it.
+        refusal: ``refusal(divergence, plain_logits)`` says why this backend cannot compute that case exactly
+            (None when it can). An explicit choice that is refused raises; ``auto`` falls back to torch.
+        auto_devices: device types on which ``auto`` prefers this backend over torch.
+    """
+
+    name: str
+    available: Callable[[], bool]
+    refusal: Callable[[Divergence, bool], str | None]
+    auto_devices: tuple[str, ...] = ()
+    install: str = ""
+
+
+LOSS_BACKENDS: dict[str, LossBackend] = {
+    "torch": LossBackend("torch", lambda: True, lambda divergence, plain_logits: None),
+    "liger": LossBackend(
+        "liger",
+        liger_available,
+        _liger_refusal,
+        auto_devices=("cuda",),
+        install="liger-kernel: `pip install hf-salt[liger]` (or liger-kernel>=0.6)",
+    ),
+}
+BACKENDS = ("auto", *LOSS_BACKENDS)
+
+
+def resolve_backend(
+    backend: str,
+    *,
+    device: torch.device,
+    plain_logits: bool,
+    has_teacher: bool,
+    divergence: str = "forward_kl",
+) -> str:
+    """Pick the implementation from the registered capabilities. ``auto`` uses a specialised backend only where
+    it computes exactly our objective (e.g. Liger: CUDA, a teacher, a divergence it has a kernel for, no logit
+    scale/soft-capping); an explicit backend that cannot raises instead of computing something else. Without a
+    teacher (stage 2) every backend computes the plain chunked CE with torch."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
-    if backend == "liger":
-        if not liger_available():
-            raise ImportError(
-                "kd_loss_backend='liger' needs liger-kernel: `pip install hf-salt[liger]` (or liger-kernel>=0.6), "
-                "or use kd_loss_backend='auto' / 'torch'."
-            )
-        if not plain_logits:
-            raise ValueError(
-                "kd_loss_backend='liger' does not support logit soft-capping or a logit scale; use 'torch' or 'auto'."
-            )
-        return "liger" if has_teacher else "torch"
+    div = get_divergence(divergence)
     if backend == "auto":
-        return (
-            "liger"
-            if (has_teacher and plain_logits and device.type == "cuda" and liger_available())
-            else "torch"
+        for impl in LOSS_BACKENDS.values():
+            if (
+                has_teacher
+                and device.type in impl.auto_devices
+                and impl.available()
+                and impl.refusal(div, plain_logits) is None
+            ):
+                return impl.name
+        return "torch"
+    impl = LOSS_BACKENDS[backend]
+    if not impl.available():
+        raise ImportError(
+            f"kd_loss_backend={backend!r} needs {impl.install}, or use kd_loss_backend='auto' / 'torch'."
         )
-    return "torch"
+    reason = impl.refusal(div, plain_logits)
+    if reason is not None:
+        raise ValueError(f"kd_loss_backend={backend!r} {reason}.")
+    return backend if has_teacher else "torch"
 
 
 def _liger_loss(h_s, w_s, b_s, h_t, w_t, b_t, targets, norm, cfg: _ChunkCfg, n_local) -> KDLossOutput:
     """Liger's fused linear JSD (beta 0 / 1 = forward / reverse KL) with weights chosen to give our objective."""
     from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
 
-    beta = {"forward_kl": 0.0, "reverse_kl": 1.0}.get(cfg.divergence, cfg.beta)
+    beta = get_divergence(cfg.divergence).liger_beta(cfg.beta)
     t2 = cfg.temperature * cfg.temperature
     fn = LigerFusedLinearJSDLoss(
         weight_hard_loss=1.0 - cfg.kd_weight,
@@ -436,7 +530,7 @@ def fused_kd_loss(
         student_softcap,
         teacher_logit_scale,
         teacher_softcap,
-        analytic=(h_t is None or divergence == "forward_kl")
+        analytic=(h_t is None or get_divergence(divergence).closed_form)
         and student_logit_scale in (None, 1.0)
         and not student_softcap,
     )
@@ -446,7 +540,9 @@ def fused_kd_loss(
         or teacher_logit_scale not in (None, 1.0)
         or teacher_softcap
     )
-    impl = resolve_backend(backend, device=h_s.device, plain_logits=plain, has_teacher=h_t is not None)
+    impl = resolve_backend(
+        backend, device=h_s.device, plain_logits=plain, has_teacher=h_t is not None, divergence=divergence
+    )
     if impl == "liger":
         return _liger_loss(
             h_s,
@@ -470,8 +566,7 @@ def fused_kd_loss(
 
 
 def _check_divergence(divergence: str, temperature: float, beta: float) -> None:
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}.")
+    get_divergence(divergence)
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}.")
     if not 0.0 <= beta <= 1.0:

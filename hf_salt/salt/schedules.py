@@ -12,8 +12,55 @@ from dataclasses import dataclass
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-SCHEDULES = ("step", "linear", "linear_ratio")
 Schedule = str | Callable[[int], float]
+
+
+@dataclass(frozen=True)
+class KDSchedule:
+    """A named omega schedule and what it needs from the other settings.
+
+    Attributes:
+        name: the ``kd_schedule`` value.
+        decay: ``decay(omega, frac) -> omega_t`` inside the decay window, ``frac`` = (n_KD - t) / (n_KD - start)
+            going from 1 to 0; None: omega stays constant until n_KD (``kd_decay_start`` is ignored).
+        needs_weight_below_one: the schedule is undefined at omega = 1.
+    """
+
+    name: str
+    decay: Callable[[float, float], float] | None = None
+    needs_weight_below_one: bool = False
+
+    @property
+    def uses_decay_start(self) -> bool:
+        return self.decay is not None
+
+
+def _linear_ratio(omega: float, frac: float) -> float:
+    r = omega / (1.0 - omega) * frac
+    return r / (1.0 + r)
+
+
+SCHEDULES: dict[str, KDSchedule] = {}
+
+
+def register_schedule(schedule: KDSchedule) -> KDSchedule:
+    """Add a schedule (``kd_schedule=name`` then selects it); returns it."""
+    SCHEDULES[schedule.name] = schedule
+    return schedule
+
+
+register_schedule(KDSchedule("step"))
+register_schedule(KDSchedule("linear", decay=lambda omega, frac: omega * frac))
+register_schedule(KDSchedule("linear_ratio", decay=_linear_ratio, needs_weight_below_one=True))
+
+
+def get_schedule(name: str) -> KDSchedule:
+    try:
+        return SCHEDULES[name]
+    except KeyError:
+        raise ValueError(
+            f"kd_schedule must be one of {tuple(SCHEDULES)} or a callable, got {name!r}."
+        ) from None
 
 
 def resolve_kd_steps(kd_steps: int | float, max_steps: int) -> int:
@@ -59,26 +106,17 @@ def kd_weight_at(
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"The KD schedule returned {value} at step {step}; it must be in [0, 1].")
         return value
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES} or a callable, got {schedule!r}.")
+    spec = get_schedule(schedule)
     if not 0.0 <= kd_weight <= 1.0:
         raise ValueError(f"kd_weight must be in [0, 1], got {kd_weight}.")
     if step >= kd_steps or kd_weight == 0.0:
         return 0.0
-    if schedule == "step":
-        return float(kd_weight)
     start = 0 if decay_start is None else int(decay_start)
-    if step < start:
+    if spec.decay is None or step < start:
         return float(kd_weight)
-    frac = (kd_steps - step) / (kd_steps - start)  # 1 at decay_start, -> 0 at n_KD
-    if schedule == "linear":
-        return float(kd_weight) * frac
-    if kd_weight >= 1.0:
-        raise ValueError(
-            "schedule='linear_ratio' needs kd_weight < 1 (the ratio omega / (1 - omega) is infinite)."
-        )
-    r = kd_weight / (1.0 - kd_weight) * frac
-    return r / (1.0 + r)
+    if spec.needs_weight_below_one and kd_weight >= 1.0:
+        raise ValueError(f"schedule={spec.name!r} needs kd_weight < 1.")
+    return float(spec.decay(float(kd_weight), (kd_steps - step) / (kd_steps - start)))
 
 
 @dataclass

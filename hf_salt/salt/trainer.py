@@ -26,7 +26,7 @@ from transformers.utils import logging
 
 from hf_salt.salt.config import SALTConfig
 from hf_salt.salt.losses import KDLossOutput, fused_kd_loss
-from hf_salt.salt.schedules import KDScheduleCallback, KDState, resolve_kd_steps
+from hf_salt.salt.schedules import KDScheduleCallback, KDState, get_schedule, resolve_kd_steps
 
 logger = logging.get_logger(__name__)
 
@@ -590,7 +590,7 @@ class SALTTrainer(Trainer):
             + (f" (beta={args.kd_jsd_beta})" if args.kd_divergence == "jsd" else ""),
             "teacher_policy": f"{args.teacher_sharding}, after KD: {args.teacher_offload_after_kd}",
         }
-        if args.kd_schedule != "step" and args.kd_decay_start is not None:
+        if get_schedule(args.kd_schedule).uses_decay_start and args.kd_decay_start is not None:
             info["kd_decay_start"] = args.kd_decay_start
         method = "salt"
         selection = getattr(getattr(self.data_collator, "selected_dataset", None), "salt_ds_selection", None)
