@@ -431,8 +431,22 @@ def resolve_backend(
     return backend if has_teacher else "torch"
 
 
+def _teacher_ce_sum(h_t, w_t, b_t, targets, cfg: _ChunkCfg) -> torch.Tensor:
+    """Sum of the teacher's next-token CE, chunked and without grad: the NaN/inf-teacher guard and the
+    ``teacher_ce`` log read it, whichever backend computed the loss."""
+    acc = torch.promote_types(h_t.dtype, torch.float32)
+    total = torch.zeros((), dtype=acc, device=h_t.device)
+    with torch.no_grad():
+        for start in range(0, h_t.shape[0], cfg.chunk_size):
+            end = start + cfg.chunk_size
+            zt = F.linear(h_t[start:end], w_t, b_t).to(acc)
+            total += F.cross_entropy(zt, targets[start:end], ignore_index=cfg.ignore_index, reduction="sum")
+    return total
+
+
 def _liger_loss(h_s, w_s, b_s, h_t, w_t, b_t, targets, norm, cfg: _ChunkCfg, n_local) -> KDLossOutput:
-    """Liger's fused linear JSD (beta 0 / 1 = forward / reverse KL) with weights chosen to give our objective."""
+    """Liger's fused linear JSD with weights chosen to give our objective; the same logged components as the
+    torch backend (``kd_sum`` with its tau^2, ``teacher_ce_sum``)."""
     from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
 
     beta = get_divergence(cfg.divergence).liger_beta(cfg.beta)
@@ -443,13 +457,16 @@ def _liger_loss(h_s, w_s, b_s, h_t, w_t, b_t, targets, norm, cfg: _ChunkCfg, n_l
         beta=beta,
         ignore_index=cfg.ignore_index,
         temperature=cfg.temperature,
+        compiled=h_s.device.type
+        == "cuda",  # torch.compile of the chunk step: worth it (and tested) on CUDA only
         chunk_size=cfg.chunk_size,
         return_soft_hard_loss=True,
     )
     loss, soft, hard = fn(h_s, w_s, h_t, w_t, targets, b_s, b_t)
-    # Liger divides by the local count of valid tokens; we want the global normaliser.
+    # Liger divides by the local count of valid tokens; we want sums, and the global normaliser for the loss.
     scale = n_local.clamp_min(1).to(loss.dtype)
-    return KDLossOutput(loss * scale / norm, (hard.detach() * scale), (soft.detach() * scale), None, n_local)
+    tce = _teacher_ce_sum(h_t, w_t, b_t, targets, cfg)
+    return KDLossOutput(loss * scale / norm, hard.detach() * scale, soft.detach() * scale * t2, tce, n_local)
 
 
 def fused_kd_loss(
