@@ -297,3 +297,50 @@ def test_config_validation_messages():
         warnings.simplefilter("ignore")
         cfg = SALTConfig(output_dir="x", teacher_model_init_kwargs='{"dtype": "bfloat16"}', kd_steps=0.25)
     assert cfg.teacher_model_init_kwargs == {"dtype": "bfloat16"} and cfg.kd_steps == 0.25
+
+
+def test_kd_steps_resolved_once_and_reading_the_callback_changes_nothing(tmp_path, monkeypatch):
+    """n_KD (a fraction here) is worked out once when training starts, also on the SALT_DS curriculum path,
+    which needs it before the loader exists; reading `kd_callback` never rewires the callback; a resumed run
+    keeps the user's schedule callable and the resolved n_KD."""
+    import hf_salt.salt.schedules as schedules
+    from hf_salt.salt_ds import SALTDSCollator
+
+    calls = []
+    real = schedules.resolve_kd_steps
+    monkeypatch.setattr(schedules, "resolve_kd_steps", lambda *a: calls.append(a) or real(*a))
+
+    def omega(step: int) -> float:
+        return 0.5 if step < 2 else 0.0
+
+    def make(out, stop=None):
+        args = _args(out, max_steps=4, kd_steps=0.5, save_strategy="steps", save_steps=2)
+        trainer = SALTTrainer(
+            model=_model(32, 0),
+            args=args,
+            teacher_model=_model(16, 1),
+            train_dataset=_dataset(),
+            data_collator=SALTDSCollator(_dataset(8, seed=1)),
+            kd_schedule=omega,
+        )
+        if stop is not None:
+            trainer.add_callback(_StopAt(stop))
+        return trainer
+
+    trainer = make(tmp_path / "full")
+    assert trainer.kd_steps is None  # a fraction: unknown until training starts
+    cb = trainer.kd_callback
+    cb.schedule_fn = None
+    assert trainer.kd_callback.schedule_fn is None  # a read does not re-attach anything
+    cb.schedule_fn = omega
+    trainer.train()
+    assert trainer.kd_steps == 2 and calls == [(0.5, 4)]
+    kd_full = [r["kd_weight"] for r in trainer.state.log_history if "kd_weight" in r]
+
+    make(tmp_path / "part", stop=2).train()
+    calls.clear()
+    resumed = make(tmp_path / "part")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "part" / "checkpoint-2"))
+    assert resumed.kd_callback.schedule_fn is omega and resumed.kd_steps == 2 and calls == [(0.5, 4)]
+    kd_resumed = [r["kd_weight"] for r in resumed.state.log_history if "kd_weight" in r]
+    assert kd_resumed == pytest.approx(kd_full) and kd_full == pytest.approx([0.5, 0.5, 0.0, 0.0])

@@ -124,7 +124,7 @@ class KDState:
     """What the schedule shares with the trainer (the trainer reads it; it never touches ``args``)."""
 
     kd_weight: float = 0.0  # omega for the optimizer step in progress
-    kd_steps: int = 0  # resolved n_KD
+    kd_steps: int | None = None  # n_KD, resolved once when training starts (None before)
     kd_done: bool = False  # True once step >= n_KD (omega is 0 from here on): the teacher may be offloaded
 
 
@@ -147,10 +147,13 @@ class KDScheduleCallback(TrainerCallback, ExportableState):
         self.kd = KDState(kd_weight=0.0)
         self._resolved_start = 0
 
-    def resolve(self, max_steps: int) -> None:
-        """Turn fractions into step counts once ``max_steps`` is known."""
-        self.kd.kd_steps = resolve_kd_steps(self.kd_steps, max_steps)
+    def resolve(self, max_steps: int) -> int:
+        """Turn fractions into step counts once ``max_steps`` is known; the first call fixes n_KD for the run,
+        later calls return it unchanged."""
+        if self.kd.kd_steps is None:
+            self.kd.kd_steps = resolve_kd_steps(self.kd_steps, max_steps)
         self._resolved_start = resolve_decay_start(self.decay_start, self.kd.kd_steps)
+        return self.kd.kd_steps
 
     def weight_at(self, step: int) -> float:
         schedule: Schedule = self.schedule_fn if self.schedule_fn is not None else (self.schedule or "step")

@@ -12,7 +12,6 @@ Design (see docs/salt.md):
 from __future__ import annotations
 
 import gc
-import math
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -26,7 +25,7 @@ from transformers.utils import logging
 
 from hf_salt.salt.config import SALTConfig
 from hf_salt.salt.losses import KDLossOutput, fused_kd_loss
-from hf_salt.salt.schedules import KDScheduleCallback, KDState, get_schedule, resolve_kd_steps
+from hf_salt.salt.schedules import KDScheduleCallback, KDState, get_schedule
 
 logger = logging.get_logger(__name__)
 
@@ -287,11 +286,10 @@ class SALTTrainer(Trainer):
 
     @property
     def kd_callback(self) -> KDScheduleCallback:
-        """The schedule callback (looked up each time: resuming may replace it with a restored copy)."""
+        """The schedule callback (looked up each time: resuming replaces it with a restored copy, which
+        :meth:`_load_callback_state` wires to this trainer's schedule and state)."""
         for cb in self.callback_handler.callbacks:
             if isinstance(cb, KDScheduleCallback):
-                if cb.schedule_fn is None and self._kd_schedule_fn is not None:
-                    cb.schedule_fn = self._kd_schedule_fn
                 return cb
         raise RuntimeError("KDScheduleCallback was removed from the trainer; SALTTrainer needs it.")
 
@@ -300,12 +298,26 @@ class SALTTrainer(Trainer):
         return self.kd_callback.kd
 
     @property
-    def kd_steps(self) -> int:
-        """Resolved n_KD (a fraction of max_steps is resolved when training starts)."""
+    def kd_steps(self) -> int | None:
+        """n_KD: resolved once, when training starts (a fraction of the run's max_steps becomes a step count);
+        before that the step count given, or None for a fraction."""
+        if self.kd_state.kd_steps is not None:
+            return self.kd_state.kd_steps
+        return self.args.kd_steps if isinstance(self.args.kd_steps, int) else None
+
+    def set_initial_training_values(self, args: Any, dataloader: Any) -> tuple:
+        """The Trainer works out max_steps here; n_KD is resolved from it, once, for the whole run."""
+        values = super().set_initial_training_values(args, dataloader)
+        self.kd_callback.resolve(values[-1])
+        return values
+
+    def _load_callback_state(self) -> None:
+        """Resuming rebuilds the schedule callback from its exported args: give the copy this trainer's state
+        (n_KD already resolved) and the user's schedule callable, which a checkpoint cannot hold."""
+        kd, schedule_fn = self.kd_state, self._kd_schedule_fn
+        super()._load_callback_state()
         cb = self.kd_callback
-        if isinstance(cb.kd_steps, float) and self.state.max_steps > 0:
-            return resolve_kd_steps(cb.kd_steps, self.state.max_steps)
-        return cb.kd.kd_steps if isinstance(cb.kd_steps, float) else int(cb.kd_steps)
+        cb.kd, cb.schedule_fn = kd, schedule_fn
 
     def _manage_teacher_placement(self, omega: float) -> None:
         """Offload the teacher once omega is 0 for good; bring it back if a custom schedule needs it again."""
@@ -542,20 +554,16 @@ class SALTTrainer(Trainer):
         """SALT_DS hook: a collator with ``curriculum(...)`` decides the training order (read sequentially)."""
         curriculum = getattr(self.data_collator, "curriculum", None)
         if callable(curriculum) and not self._curriculum_active:
-            args = self.args
-            gbs = (
-                args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
-            )
-            if args.max_steps > 0:
-                max_steps = args.max_steps
-            else:
-                max_steps = math.ceil(len(self.train_dataset) / gbs) * math.ceil(args.num_train_epochs)
+            # the curriculum needs n_KD before the real loader exists: count the run's steps as the Trainer
+            # does, on the loader of the plain dataset (this resolves n_KD for the run)
+            values = self.set_initial_training_values(self.args, super().get_train_dataloader())
+            max_steps, gbs = values[-1], values[4]
             self.train_dataset = curriculum(
                 self.train_dataset,
-                kd_steps=resolve_kd_steps(args.kd_steps, max_steps),
+                kd_steps=self.kd_steps,
                 global_batch_size=gbs,
                 total_samples=max_steps * gbs,
-                seed=args.seed,
+                seed=self.args.seed,
             )
             self._curriculum_active = True
         return super().get_train_dataloader()
