@@ -36,6 +36,12 @@ _LAZY: dict[str, str] = {
     "load_step_by_step": "hf_salt.step_by_step.data",
     "generate_rationales": "hf_salt.step_by_step.rationales",
     "safe_arithmetic": "hf_salt.step_by_step.metrics",
+    # checkpoints and resuming
+    "AtomicCheckpointMixin": "hf_salt.checkpoints",
+    "AtomicCheckpointTrainer": "hf_salt.checkpoints",
+    "latest_complete_checkpoint": "hf_salt.checkpoints",
+    "resolve_resume": "hf_salt.checkpoints",
+    "atomic_directory": "hf_salt.io",
     # data and models
     "load_corpus": "hf_salt.data",
     "load_tokenizer": "hf_salt.data",

@@ -1,13 +1,91 @@
-"""Write output folders completely or not at all."""
+"""Write output folders completely or not at all, and clean up what a killed writer left behind.
+
+Every temporary folder hf-salt creates holds a marker file naming its writer (host, PID, process start
+time). A later writer to the same place removes such a folder only when the marker is there and its writer
+is no longer alive on this host, so it never deletes a folder it did not create, nor one a live process is
+still writing.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+MARKER = ".hf-salt-writer.json"
+_PREVIOUS = "previous"  # inside a `.NAME.old-*` folder: the output it replaced, until the swap is done
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), so a reused PID is not taken for it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22 of proc(5), counted after the "(comm)" field
+
+
+def mark_as_ours(folder: str | Path) -> None:
+    """Write the marker that lets a later run recognise `folder` as hf-salt's and check its writer."""
+    pid = os.getpid()
+    record = {"host": socket.gethostname(), "pid": pid, "start_time": _start_time(pid)}
+    tmp = Path(folder) / f"{MARKER}.{pid}"
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, Path(folder) / MARKER)  # the marker is whole or absent
+
+
+def writer_alive(folder: str | Path) -> bool | None:
+    """True/False when `folder` carries our marker and its writer is/is not running; None when not ours."""
+    try:
+        record = json.loads((Path(folder) / MARKER).read_text())
+        host, pid = record["host"], int(record["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if host != socket.gethostname():
+        return True  # another machine's process: we cannot tell, so leave it alone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by another user
+    started = record.get("start_time")
+    return started is None or _start_time(pid) in (None, started)
+
+
+def remove_stale(parent: str | Path, pattern: str) -> list[Path]:
+    """Remove folders in `parent` matching `pattern` that hf-salt created and whose writer has died.
+
+    A `.NAME.old-*` folder still holding the output it was replacing is put back first when NAME is missing
+    (the writer was killed between the two renames of the swap).
+    """
+    removed = []
+    parent = Path(parent)
+    if not parent.is_dir():
+        return removed
+    for folder in sorted(parent.glob(pattern)):
+        if not folder.is_dir() or writer_alive(folder) is not False:
+            continue
+        previous = folder / _PREVIOUS
+        name = folder.name[1:].split(".old-", 1)[0] if ".old-" in folder.name else None
+        if name and previous.is_dir() and not (parent / name).exists():
+            os.replace(previous, parent / name)
+            logger.warning(
+                f"Restored {parent / name} from {folder}, left by a run killed while replacing it."
+            )
+        shutil.rmtree(folder, ignore_errors=True)
+        logger.warning(f"Removed {folder}, a temporary folder left by a killed hf-salt run.")
+        removed.append(folder)
+    return removed
 
 
 @contextlib.contextmanager
@@ -15,19 +93,28 @@ def atomic_directory(path: str | Path, overwrite: bool = True) -> Iterator[Path]
     """Yield a temporary folder beside `path`; on success it replaces `path` in one rename.
 
     On any error the temporary folder is removed and `path` is left as it was, so a crash never leaves a
-    half-written model folder behind.
+    half-written model folder behind; after a kill (nothing runs), the next write to `path` removes the
+    temporary folders of writers that are gone.
     """
     path = Path(path).expanduser().resolve()
+    remove_stale(path.parent, f".{path.name}.old-*")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{str(path)!r} already exists; choose another folder or pass overwrite=True.")
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path.parent, f".{path.name}.tmp-*")
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
+        mark_as_ours(tmp)
         yield tmp
+        (tmp / MARKER).unlink()
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the output private to this user
         backup = None
         if path.exists():
-            backup = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, backup)
+            backup = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            mark_as_ours(backup)
+            os.replace(path, backup / _PREVIOUS)
         os.replace(tmp, path)
         if backup is not None:
             shutil.rmtree(backup, ignore_errors=True)

@@ -20,6 +20,7 @@ from transformers import (
     default_data_collator,
 )
 
+from hf_salt.checkpoints import RESUME_HELP, AtomicCheckpointTrainer, resolve_resume
 from hf_salt.cli.parser import Command
 from hf_salt.data import check_block_size, load_corpus, load_tokenizer, pack_dataset
 from hf_salt.io import atomic_directory
@@ -98,6 +99,7 @@ class PretrainArguments(SALTConfig):
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
     logging_steps: float = field(default=25, metadata={"help": "Log every N steps."})
     save_strategy: str = field(default="no", metadata={"help": "Checkpoint strategy (no, steps, epoch)."})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": RESUME_HELP})
 
 
 def load_model(name_or_path: str, vocab_size: int, seed: int) -> PreTrainedModel:
@@ -152,6 +154,7 @@ def _salt_ds_collator(data_args: DataArguments, args: PretrainArguments, vocab_s
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: PretrainArguments) -> int:
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     tokenizer = load_tokenizer(model_args.tokenizer)
     model = load_model(model_args.model, len(tokenizer), training_args.seed)
     check_block_size(data_args.block_size, model.config)
@@ -185,8 +188,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Pre
 
         trainer: Trainer = SALTTrainer(**kwargs)
     else:
-        trainer = Trainer(**kwargs)
-    trainer.train()
+        trainer = AtomicCheckpointTrainer(**kwargs)
+    trainer.train(resume_from_checkpoint=resume)
     metrics = trainer.evaluate()
     ppl = math.exp(min(metrics["eval_loss"], 50.0))
     trainer.log_metrics("eval", {**metrics, "perplexity": ppl})

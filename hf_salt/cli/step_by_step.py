@@ -12,6 +12,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
 
+from hf_salt.checkpoints import RESUME_HELP, resolve_resume
 from hf_salt.cli.parser import Command
 from hf_salt.data import load_tokenizer
 from hf_salt.io import save_pretrained_atomic
@@ -68,6 +69,7 @@ class StepByStepCLIConfig(StepByStepConfig):
     max_rationale_length: int = field(default=128, metadata={"help": "Max tokens of a rationale target."})
     logging_steps: float = field(default=25, metadata={"help": "Log every N steps."})
     save_strategy: str = field(default="no", metadata={"help": "Checkpoint strategy (no, steps, epoch)."})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": RESUME_HELP})
     report_to: str | None = field(
         default="none", metadata={"help": "Trackers to report to (none, tensorboard, ...)."}
     )
@@ -87,6 +89,7 @@ def load_model(name_or_path: str, vocab_size: int, seed: int) -> PreTrainedModel
 
 
 def run(script: StepByStepScriptArguments, args: StepByStepCLIConfig) -> int:
+    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     data = load_step_by_step(script.dataset, train_split=script.train_split)
     if Path(script.dataset).name.lower() == "svamp" and args.label_metric == "exact_match":
         args.label_metric = "equation"  # SVAMP labels are equations: compare them by value
@@ -102,7 +105,7 @@ def run(script: StepByStepScriptArguments, args: StepByStepCLIConfig) -> int:
     trainer = StepByStepTrainer(
         model, args, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
     if trainer.is_world_process_zero():

@@ -23,6 +23,7 @@ from torch.utils.data import SequentialSampler
 from transformers import AutoModelForCausalLM, PreTrainedModel, Trainer
 from transformers.utils import logging
 
+from hf_salt.checkpoints import AtomicCheckpointMixin
 from hf_salt.salt.config import SALTConfig
 from hf_salt.salt.losses import KDLossOutput, fused_kd_loss
 from hf_salt.salt.schedules import KDScheduleCallback, KDState, get_schedule
@@ -119,7 +120,7 @@ def _torch_dtype(value: Any) -> Any:
     return value
 
 
-class SALTTrainer(Trainer):
+class SALTTrainer(AtomicCheckpointMixin, Trainer):
     """Trainer for SALT: KD from a small teacher for the first n_KD optimizer steps, then plain training.
 
     Args:

@@ -21,6 +21,7 @@ from datasets import Dataset
 from torch import nn
 from transformers import EvalPrediction, PreTrainedModel, Seq2SeqTrainer
 
+from hf_salt.checkpoints import AtomicCheckpointMixin
 from hf_salt.step_by_step.collator import IGNORE_INDEX, RAW_COLUMNS, StepByStepCollator
 from hf_salt.step_by_step.config import StepByStepConfig
 
@@ -30,7 +31,7 @@ MODEL_TAGS = ["hf-salt", "distilling-step-by-step"]
 _TASKS = ("label", "rationale")
 
 
-class StepByStepTrainer(Seq2SeqTrainer):
+class StepByStepTrainer(AtomicCheckpointMixin, Seq2SeqTrainer):
     """Seq2SeqTrainer for distilling step-by-step; see the module docstring.
 
     Args are those of `Seq2SeqTrainer` plus `peft_config` (a PEFT config applied with

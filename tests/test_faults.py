@@ -1,0 +1,234 @@
+"""Fault tests: processes are SIGKILLed for real (tests/kill_point.py), then the command is run again.
+
+A resumed run must end with exactly the weights of an uninterrupted one; a re-run after a kill must finish
+and leave no temporary folder behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hf_salt.checkpoints import latest_complete_checkpoint, resolve_resume
+from hf_salt.cli.main import main
+from hf_salt.io import MARKER, atomic_directory, mark_as_ours, remove_stale
+
+KILL_POINT = Path(__file__).with_name("kill_point.py")
+STEPS = 8
+# SALT with a linear decay, killed mid-decay as in the reported fault; checkpoints every 3 steps
+PRETRAIN = [
+    "pretrain", "--model", "llama-tiny", "--block_size", "32", "--max_train_blocks", "64", "--max_eval_blocks", "4",
+    "--max_steps", str(STEPS), "--per_device_train_batch_size", "4", "--kd_steps", "6", "--kd_schedule", "linear",
+    "--save_strategy", "steps", "--save_steps", "3", "--logging_steps", "1", "--disable_tqdm", "true",
+    "--report_to", "none", "--warmup_steps", "0", "--learning_rate", "1e-2",
+]  # fmt: skip
+
+
+def kill_at(point: str, argv: list[str], tmp_path: Path, timeout: float = 240) -> None:
+    """Run `hf-salt argv` in a subprocess, SIGKILL it when it reaches `point`."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    log = (tmp_path / "killed.stderr").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, str(KILL_POINT), point, "--", *argv],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        for line in proc.stdout:
+            if line.startswith("KILL-POINT"):
+                proc.send_signal(signal.SIGKILL)
+                break
+            assert time.monotonic() < deadline, f"{point} not reached in {timeout}s"
+        assert proc.wait(timeout=30) == -signal.SIGKILL, (tmp_path / "killed.stderr").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+def hidden(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    from hf_salt.data import load_tokenizer
+    from hf_salt.zoo import build_model
+
+    path = tmp_path_factory.mktemp("teacher") / "teacher"
+    build_model("llama-tiny", vocab_size=len(load_tokenizer()), seed=1).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, teacher) -> Path:
+    out = tmp_path_factory.mktemp("reference") / "run"
+    assert main([*PRETRAIN, "--teacher_model_name_or_path", str(teacher), "--output_dir", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("point", ["step:5", "save:6"])
+def test_pretrain_killed_then_resumed_from_cli_matches_uninterrupted(
+    point, tmp_path, teacher, uninterrupted, capsys
+):
+    out = tmp_path / "run"
+    argv = [*PRETRAIN, "--teacher_model_name_or_path", str(teacher), "--output_dir", str(out)]
+    kill_at(point, argv, tmp_path)
+    assert not (out / "model").exists()
+    if point.startswith("save"):  # killed inside the save: a hidden staging folder, no checkpoint-6
+        assert not (out / "checkpoint-6").exists()
+        assert hidden(out) == [".checkpoint-6.tmp"]
+    assert latest_complete_checkpoint(out) == out / "checkpoint-3"
+    saved_at = (out / "checkpoint-3" / "trainer_state.json").stat().st_mtime_ns
+
+    assert main([*argv, "--resume_from_checkpoint", "latest"]) == 0
+    # resumed, not restarted: a restart would write checkpoint-3 again
+    assert (out / "checkpoint-3" / "trainer_state.json").stat().st_mtime_ns == saved_at
+    assert f"Resuming from {out / 'checkpoint-3'}" in capsys.readouterr().out
+    assert_same_weights(out / "model", uninterrupted / "model")
+    assert_same_weights(out / "checkpoint-6", uninterrupted / "checkpoint-6")
+    assert hidden(out) == []  # the killed save's staging folder is gone
+
+
+def test_resume_path_that_does_not_exist_fails_before_any_work(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main([*PRETRAIN, "--output_dir", str(out), "--resume_from_checkpoint", str(tmp_path / "nope")])
+    assert code == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([*PRETRAIN, "--output_dir", str(out), "--resume_from_checkpoint", "latest"]) == 2
+    assert "no complete checkpoint-N folder" in capsys.readouterr().err
+
+
+def _fake_checkpoint(folder: Path, *, state: str | None = "{}", weights: bool = True) -> Path:
+    folder.mkdir(parents=True)
+    if weights:
+        (folder / "model.safetensors").write_bytes(b"x")
+    if state is not None:
+        (folder / "trainer_state.json").write_text(state)
+    return folder
+
+
+def test_latest_skips_and_names_incomplete_checkpoints(tmp_path, caplog):
+    good = _fake_checkpoint(tmp_path / "checkpoint-20")
+    _fake_checkpoint(tmp_path / "checkpoint-30", state=None, weights=False)  # empty: killed at once
+    _fake_checkpoint(tmp_path / "checkpoint-40", state=None)  # config and weights only
+    _fake_checkpoint(tmp_path / "checkpoint-50", state='{"global_st')  # killed while writing the state
+    _fake_checkpoint(tmp_path / "checkpoint-60", weights=False)
+    with caplog.at_level("WARNING"):
+        assert latest_complete_checkpoint(tmp_path) == good
+    for step in (30, 40, 50, 60):
+        assert f"checkpoint-{step}" in caplog.text
+    assert resolve_resume("latest", tmp_path) == str(good)
+    with pytest.raises(ValueError, match="not a complete checkpoint.*latest complete one is"):
+        resolve_resume(str(tmp_path / "checkpoint-40"), tmp_path)
+
+
+def test_sharded_checkpoint_needs_every_shard(tmp_path):
+    folder = _fake_checkpoint(tmp_path / "checkpoint-1", weights=False)
+    (folder / "model.safetensors.index.json").write_text(
+        '{"weight_map": {"a": "model-00001.safetensors", "b": "model-00002.safetensors"}}'
+    )
+    (folder / "model-00001.safetensors").write_bytes(b"x")
+    assert latest_complete_checkpoint(tmp_path) is None
+    (folder / "model-00002.safetensors").write_bytes(b"x")
+    assert latest_complete_checkpoint(tmp_path) == folder
+
+
+def test_atomic_directory_removes_only_dead_writers_leftovers(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    ours_dead = tmp_path / ".out.tmp-dead"
+    ours_dead.mkdir()
+    (ours_dead / MARKER).write_text(f'{{"host": "{socket.gethostname()}", "pid": {dead.pid}}}')
+    live = tmp_path / ".out.tmp-live"  # a live writer: this very process
+    live.mkdir()
+    mark_as_ours(live)
+    foreign = tmp_path / ".out.tmp-foreign"  # no marker: not created by hf-salt
+    foreign.mkdir()
+    with atomic_directory(tmp_path / "out") as staged:
+        (staged / "f").write_text("1")
+    assert (tmp_path / "out" / "f").read_text() == "1"
+    assert not (tmp_path / "out" / MARKER).exists()
+    assert not ours_dead.exists() and live.exists() and foreign.exists()
+
+
+def test_killed_swap_puts_the_previous_output_back(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    backup = tmp_path / ".out.old-x"
+    (backup / "previous").mkdir(parents=True)
+    (backup / "previous" / "f").write_text("old")
+    (backup / MARKER).write_text(f'{{"host": "{socket.gethostname()}", "pid": {dead.pid}}}')
+    assert remove_stale(tmp_path, ".out.old-*") == [backup]
+    assert (tmp_path / "out" / "f").read_text() == "old" and not backup.exists()
+
+
+def test_distill_step_by_step_resume_path_must_exist(tmp_path, capsys):
+    out = tmp_path / "sbs"
+    argv = [
+        "distill-step-by-step",
+        "--output_dir",
+        str(out),
+        "--resume_from_checkpoint",
+        str(tmp_path / "nope"),
+    ]
+    assert main(argv) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_grow_killed_while_saving_then_rerun_leaves_no_litter(tmp_path):
+    dst = tmp_path / "grown"
+    argv = ["grow", "llama-tiny", str(dst)]
+    kill_at("grow", argv, tmp_path)
+    assert not dst.exists()
+    assert [p.name.split("-")[0] for p in tmp_path.glob(".grown.*")] == [".grown.tmp"]
+    assert main(argv) == 0
+    assert (dst / "model.safetensors").is_file()
+    assert hidden(tmp_path) == []
+
+
+def test_score_killed_while_saving_then_rerun_leaves_no_litter(tmp_path):
+    from datasets import load_from_disk
+
+    dst = tmp_path / "scored"
+    argv = [
+        "score",
+        "--teacher",
+        "llama-tiny",
+        "--output_dir",
+        str(dst),
+        "--block_size",
+        "32",
+        "--max_blocks",
+        "8",
+    ]
+    kill_at("score", argv, tmp_path)
+    assert not dst.exists()
+    assert len(list(tmp_path.glob(".scored.tmp-*"))) == 1
+    assert main(argv) == 0
+    assert len(load_from_disk(str(dst))) == 8
+    assert hidden(tmp_path) == []
