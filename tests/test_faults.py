@@ -6,6 +6,7 @@ and leave no temporary folder behind.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -232,3 +233,30 @@ def test_score_killed_while_saving_then_rerun_leaves_no_litter(tmp_path):
     assert main(argv) == 0
     assert len(load_from_disk(str(dst))) == 8
     assert hidden(tmp_path) == []
+
+
+def test_atomic_checkpoints_keep_rotation_and_best_model(tmp_path, tokenizer):
+    from transformers import TrainingArguments
+
+    from hf_salt.checkpoints import AtomicCheckpointTrainer
+    from hf_salt.data import load_corpus, pack_dataset
+    from hf_salt.zoo import build_model
+
+    blocks = pack_dataset(load_corpus("tinyshakespeare")["validation"], tokenizer, 16).select(range(32))
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=4, learning_rate=1e-2,
+        eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2, save_total_limit=1,
+        load_best_model_at_end=True, report_to="none", disable_tqdm=True, use_cpu=True,
+    )  # fmt: skip
+    model = build_model("llama-tiny", vocab_size=len(tokenizer), seed=0)
+    trainer = AtomicCheckpointTrainer(
+        model=model, args=args, train_dataset=blocks, eval_dataset=blocks.select(range(8))
+    )
+    trainer.train()
+    best = Path(trainer.state.best_model_checkpoint)
+    assert best.parent == tmp_path and best.is_dir()
+    kept = sorted(p.name for p in tmp_path.glob("checkpoint-*"))
+    assert kept == sorted({best.name, "checkpoint-6"})  # rotation kept the best and the latest
+    assert hidden(tmp_path) == []
+    saved = json.loads((tmp_path / "checkpoint-6" / "trainer_state.json").read_text())
+    assert saved["best_model_checkpoint"] == str(best)
