@@ -34,6 +34,13 @@ def _start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]  # field 22 of proc(5), counted after the "(comm)" field
 
 
+def _usual_mode(path: Path, mode: int) -> None:
+    """What a plain mkdir/open would give (mkdtemp/mkstemp make outputs private to this user)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(mode & ~umask)
+
+
 def mark_as_ours(folder: str | Path) -> None:
     """Write the marker that lets a later run recognise `folder` as hf-salt's and check its writer."""
     pid = os.getpid()
@@ -107,9 +114,7 @@ def atomic_directory(path: str | Path, overwrite: bool = True) -> Iterator[Path]
         mark_as_ours(tmp)
         yield tmp
         (tmp / MARKER).unlink()
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the output private to this user
+        _usual_mode(tmp, 0o777)
         backup = None
         if path.exists():
             backup = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
@@ -121,6 +126,22 @@ def atomic_directory(path: str | Path, overwrite: bool = True) -> Iterator[Path]
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write a small file (a JSON record, a report) whole or not at all: a kill mid-write leaves the old one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        _usual_mode(Path(tmp), 0o666)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
 
 
 def save_pretrained_atomic(path: str | Path, *objects: object) -> Path:

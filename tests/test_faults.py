@@ -173,6 +173,7 @@ def test_atomic_directory_removes_only_dead_writers_leftovers(tmp_path):
         (staged / "f").write_text("1")
     assert (tmp_path / "out" / "f").read_text() == "1"
     assert not (tmp_path / "out" / MARKER).exists()
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~_umask()
     assert not ours_dead.exists() and live.exists() and foreign.exists()
 
 
@@ -260,3 +261,20 @@ def test_atomic_checkpoints_keep_rotation_and_best_model(tmp_path, tokenizer):
     assert hidden(tmp_path) == []
     saved = json.loads((tmp_path / "checkpoint-6" / "trainer_state.json").read_text())
     assert saved["best_model_checkpoint"] == str(best)
+
+
+def test_write_text_atomic_replaces_whole_files(tmp_path):
+    from hf_salt.io import write_text_atomic
+
+    target = tmp_path / "sub" / "record.json"
+    write_text_atomic(target, '{"a": 1}')
+    write_text_atomic(target, '{"a": 2}')
+    assert json.loads(target.read_text()) == {"a": 2}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["record.json"]
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
