@@ -7,7 +7,7 @@ framework versions, a quick start that loads with plain transformers, and the pa
 
 `method_info` keys that the card knows (others are listed under "Other method settings"):
 
-- salt: `teacher`, `kd_steps` (n_KD), `kd_schedule`, `kd_weight` (omega), `kd_temperature` (tau),
+- salt: `teacher`, `kd_steps` (n_KD), `kd_schedule`, `kd_auto_switch`, `kd_weight` (omega), `kd_temperature` (tau),
   `divergence`, `teacher_policy`
 - salt_ds: `pool_size`, `selected_size`, `top_k`, `statistic`, `band`
 - step_by_step: `dataset`, `rationale_source`, `rationale_weight` (lambda), `use_llm_labels`, `label_prefix`,
@@ -98,6 +98,7 @@ METHODS: dict[str, MethodSpec] = {
             ("teacher", "teacher"),
             ("kd_steps", "n_KD (distillation steps)"),
             ("kd_schedule", "KD weight schedule"),
+            ("kd_auto_switch", "automatic switch (kd_schedule=auto)"),
             ("kd_weight", "omega (KD weight)"),
             ("kd_temperature", "tau (temperature)"),
             ("divergence", "divergence"),

@@ -83,3 +83,31 @@ def test_launch_without_use_cpu_is_refused(monkeypatch) -> None:
     check_launch(SimpleNamespace(use_cpu=True))
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # DeepSpeed on CPU joins one group by itself
     check_launch(SimpleNamespace(use_cpu=False))
+
+
+AUTO = [
+    "--kd_schedule",
+    "auto",
+    "--kd_steps",
+    str(STEPS),
+    "--kd_auto_margin",
+    "-0.1",
+    "--kd_auto_decay_steps",
+    "2",
+]
+
+
+def test_auto_switch_agrees_across_ranks(tmp_path, models) -> None:
+    """kd_schedule=auto judges the window sums reduced over both ranks: the 2-process run switches at the
+    one-process run's step, and its loss curve (the ranks' mean) matches, which it would not if a rank
+    had switched on its own half of the batch."""
+    ref = run_single(tmp_path / "single", models, *AUTO)
+    ddp = run_launch(tmp_path / "ddp", models, "ddp_cpu.yaml", 2, "--use_cpu", "true", *AUTO)
+    switches = [
+        [(e["step"], e["kd_auto_switch_step"]) for e in h if "kd_auto_switch_step" in e] for h in (ref, ddp)
+    ]
+    # smoothed gap 0.036, -0.034 at steps 1-2, then -0.18 <= -0.1: the decay runs over steps 3-4
+    assert switches[0] == switches[1] == [(3, 3.0)]
+    weights = [curve(ref)[s]["kd_weight"] for s in range(1, STEPS + 1)]
+    assert weights == [0.5, 0.5, 0.5, 0.5, 0.25, 0.0]
+    assert_same_curve(ref, ddp, atol=1e-4, grad_rtol=1e-3)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import TrainingArguments
+from transformers.trainer_utils import IntervalStrategy
 
 from hf_salt.salt.losses import BACKENDS, DIVERGENCES
 from hf_salt.salt.schedules import SCHEDULES, get_schedule
@@ -69,15 +71,39 @@ class SALTConfig(TrainingArguments):
         default=0.2,
         metadata={
             "help": "n_KD: number of optimizer steps with KD (an integer), or a fraction in (0, 1) of the run's total "
-            "optimizer steps (max_steps, or what the epochs amount to). 0 disables KD."
+            "optimizer steps (max_steps, or what the epochs amount to). 0 disables KD. With kd_schedule=auto "
+            "it is the upper bound: KD ends by this step whatever the losses say."
         },
     )
     kd_schedule: str = field(
         default="step",
         metadata={
             "help": "How omega goes to 0: step (omega until n_KD, then 0), linear (linear decay from kd_decay_start "
-            "to n_KD), linear_ratio (the ratio omega/(1-omega) decays linearly over the same window).",
+            "to n_KD), linear_ratio (the ratio omega/(1-omega) decays linearly over the same window), auto "
+            "(n_KD decided from the training: omega decays over kd_auto_decay_steps once the student's "
+            "cross-entropy on the training batches is within kd_auto_margin of the teacher's; see docs/salt.md).",
             "choices": list(SCHEDULES),
+        },
+    )
+    kd_auto_margin: float = field(
+        default=0.0,
+        metadata={
+            "help": "kd_schedule=auto: leave KD once the smoothed (student CE - teacher CE) on the training batches "
+            "is <= this many nats. 0 = when the student has caught up with the teacher; > 0 leaves earlier."
+        },
+    )
+    kd_auto_smoothing: float = field(
+        default=0.5,
+        metadata={
+            "help": "kd_schedule=auto: coefficient of the moving average of that gap over logging windows, in "
+            "[0, 1) (0 = judge each window alone). The decision is made at logging steps (see logging_steps)."
+        },
+    )
+    kd_auto_decay_steps: float = field(
+        default=0.1,
+        metadata={
+            "help": "kd_schedule=auto: optimizer steps over which omega decays linearly to 0 after the switch (an "
+            "integer, or a fraction in (0, 1) of max_steps). 0 = drop omega at once."
         },
     )
     kd_decay_start: float | None = field(
@@ -157,6 +183,8 @@ class SALTConfig(TrainingArguments):
             )
         if self.kd_schedule not in SCHEDULES:
             raise ValueError(f"kd_schedule must be one of {tuple(SCHEDULES)}, got {self.kd_schedule!r}.")
+        if get_schedule(self.kd_schedule).decided_in_training:
+            self._check_auto()
         if get_schedule(self.kd_schedule).needs_weight_below_one and self.kd_weight >= 1.0:
             raise ValueError(
                 f"kd_schedule={self.kd_schedule!r} needs kd_weight < 1; lower kd_weight or use 'linear'."
@@ -186,6 +214,42 @@ class SALTConfig(TrainingArguments):
         if self.teacher_sharding not in TEACHER_SHARDING:
             raise ValueError(
                 f"teacher_sharding must be one of {TEACHER_SHARDING}, got {self.teacher_sharding!r}."
+            )
+
+    def _check_auto(self) -> None:
+        """kd_schedule='auto' needs a cap, a KD weight, and logging steps to judge at."""
+        if self.kd_steps == 0 or self.kd_weight == 0.0:
+            raise ValueError(
+                "kd_schedule='auto' needs kd_steps > 0 (the upper bound on n_KD) and kd_weight > 0; "
+                "set them, or use kd_schedule='step' with kd_steps=0 to train without KD."
+            )
+        if self.kd_decay_start is not None:
+            raise ValueError(
+                "kd_decay_start does not apply to kd_schedule='auto' (the decay starts when the student catches "
+                "up with the teacher); drop it and set kd_auto_decay_steps for the decay's length."
+            )
+        if self.logging_strategy != IntervalStrategy.STEPS:
+            raise ValueError(
+                "kd_schedule='auto' judges the losses at logging steps; set logging_strategy='steps' "
+                f"(got {self.logging_strategy.value!r}) and a logging_steps a few times smaller than kd_steps."
+            )
+        if not math.isfinite(self.kd_auto_margin):
+            raise ValueError(f"kd_auto_margin must be a finite number of nats, got {self.kd_auto_margin}.")
+        if not 0.0 <= self.kd_auto_smoothing < 1.0:
+            raise ValueError(f"kd_auto_smoothing must be in [0, 1), got {self.kd_auto_smoothing}.")
+        self.kd_auto_decay_steps = _int_or_fraction(
+            self.kd_auto_decay_steps, "kd_auto_decay_steps", "of max_steps", allow_zero=True
+        )
+        if self.kd_auto_decay_steps < 0:
+            raise ValueError(f"kd_auto_decay_steps must be >= 0, got {self.kd_auto_decay_steps}.")
+        if (
+            isinstance(self.kd_steps, int)
+            and isinstance(self.kd_auto_decay_steps, int)
+            and self.kd_auto_decay_steps > self.kd_steps
+        ):
+            raise ValueError(
+                f"kd_auto_decay_steps ({self.kd_auto_decay_steps}) must be <= kd_steps ({self.kd_steps}), "
+                "the cap that KD ends by; shorten the decay or raise kd_steps."
             )
 
 

@@ -2,6 +2,8 @@
 
 Because omega depends only on ``state.global_step`` (the number of optimizer updates done), a run resumed from a
 checkpoint continues exactly the same schedule; the callback's state is also exported to checkpoints.
+``kd_schedule="auto"`` (:mod:`hf_salt.salt.auto_switch`) also depends on the logged losses; its decision state
+travels with the checkpoint, so a resumed run continues it exactly.
 """
 
 from __future__ import annotations
@@ -11,6 +13,11 @@ from dataclasses import dataclass
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
+from transformers.utils import logging
+
+from hf_salt.salt.auto_switch import AutoSwitch
+
+logger = logging.get_logger(__name__)
 
 Schedule = str | Callable[[int], float]
 
@@ -24,15 +31,18 @@ class KDSchedule:
         decay: ``decay(omega, frac) -> omega_t`` inside the decay window, ``frac`` = (n_KD - t) / (n_KD - start)
             going from 1 to 0; None: omega stays constant until n_KD (``kd_decay_start`` is ignored).
         needs_weight_below_one: the schedule is undefined at omega = 1.
+        decided_in_training: the decay window is placed during training from the logged losses (``auto``);
+            ``kd_steps`` is then an upper bound and ``kd_decay_start`` does not apply.
     """
 
     name: str
     decay: Callable[[float, float], float] | None = None
     needs_weight_below_one: bool = False
+    decided_in_training: bool = False
 
     @property
     def uses_decay_start(self) -> bool:
-        return self.decay is not None
+        return self.decay is not None and not self.decided_in_training
 
 
 def _linear_ratio(omega: float, frac: float) -> float:
@@ -49,9 +59,15 @@ def register_schedule(schedule: KDSchedule) -> KDSchedule:
     return schedule
 
 
+def _linear(omega: float, frac: float) -> float:
+    return omega * frac
+
+
 register_schedule(KDSchedule("step"))
-register_schedule(KDSchedule("linear", decay=lambda omega, frac: omega * frac))
+register_schedule(KDSchedule("linear", decay=_linear))
 register_schedule(KDSchedule("linear_ratio", decay=_linear_ratio, needs_weight_below_one=True))
+# linear decay over kd_auto_decay_steps, from the step where the student caught up (hf_salt.salt.auto_switch)
+AUTO = register_schedule(KDSchedule("auto", decay=_linear, decided_in_training=True)).name
 
 
 def get_schedule(name: str) -> KDSchedule:
@@ -99,6 +115,7 @@ def kd_weight_at(
     - ``linear``: omega until ``decay_start``, then ``omega * (n_KD - t) / (n_KD - decay_start)``, 0 from n_KD.
     - ``linear_ratio``: the ratio r = omega / (1 - omega) decays linearly over the same window;
       omega_t = r_t / (1 + r_t).
+    - ``auto``: as ``linear``, with ``decay_start`` and ``kd_steps`` placed during training (the callback).
     - a callable ``f(step) -> float``: used as is.
     """
     if callable(schedule):
@@ -129,7 +146,11 @@ class KDState:
 
 
 class KDScheduleCallback(TrainerCallback, ExportableState):
-    """Sets omega for the coming optimizer step in ``on_step_begin`` (all micro-batches of a step share it)."""
+    """Sets omega for the coming optimizer step in ``on_step_begin`` (all micro-batches of a step share it).
+
+    With ``schedule="auto"`` the trainer hands it each logging window's losses (:meth:`observe_window`); the
+    decision state is exported with checkpoints and restored when training resumes.
+    """
 
     def __init__(
         self,
@@ -138,24 +159,56 @@ class KDScheduleCallback(TrainerCallback, ExportableState):
         schedule: str | None = "step",
         decay_start: int | float | None = None,
         schedule_fn: Callable[[int], float] | None = None,
+        auto_margin: float = 0.0,
+        auto_smoothing: float = 0.5,
+        auto_decay_steps: int | float = 0,
     ) -> None:
         self.kd_weight = float(kd_weight)
         self.kd_steps = kd_steps
         self.schedule = schedule
         self.decay_start = decay_start
         self.schedule_fn = schedule_fn  # a user callable; not exported (not JSON), the trainer re-attaches it
+        self.auto_margin = float(auto_margin)
+        self.auto_smoothing = float(auto_smoothing)
+        self.auto_decay_steps = auto_decay_steps
         self.kd = KDState(kd_weight=0.0)
+        self.auto: AutoSwitch | None = None  # schedule="auto" only, built when training starts
         self._resolved_start = 0
+
+    @property
+    def is_auto(self) -> bool:
+        return self.schedule_fn is None and self.schedule == AUTO
 
     def resolve(self, max_steps: int) -> int:
         """Turn fractions into step counts once ``max_steps`` is known; the first call fixes n_KD for the run,
-        later calls return it unchanged."""
+        later calls return it unchanged. With ``auto`` that first value is the cap; the decision lowers it."""
         if self.kd.kd_steps is None:
             self.kd.kd_steps = resolve_kd_steps(self.kd_steps, max_steps)
-        self._resolved_start = resolve_decay_start(self.decay_start, self.kd.kd_steps)
+        if not self.is_auto:
+            self._resolved_start = resolve_decay_start(self.decay_start, self.kd.kd_steps)
+        elif self.auto is None:
+            cap = resolve_kd_steps(self.kd_steps, max_steps)
+            window = resolve_kd_steps(self.auto_decay_steps, max_steps)
+            if window > cap:
+                raise ValueError(
+                    f"kd_auto_decay_steps ({window} steps) is longer than the cap kd_steps ({cap} steps); "
+                    "shorten the decay or raise kd_steps."
+                )
+            self.auto = AutoSwitch(
+                margin=self.auto_margin, smoothing=self.auto_smoothing, decay_steps=window, cap=cap
+            )
         return self.kd.kd_steps
 
     def weight_at(self, step: int) -> float:
+        if self.is_auto:
+            start = self.auto.decay_start
+            return kd_weight_at(
+                step,
+                kd_weight=self.kd_weight,
+                kd_steps=start + self.auto.decay_steps,
+                schedule=AUTO,
+                decay_start=start,
+            )
         schedule: Schedule = self.schedule_fn if self.schedule_fn is not None else (self.schedule or "step")
         return kd_weight_at(
             step,
@@ -166,16 +219,67 @@ class KDScheduleCallback(TrainerCallback, ExportableState):
         )
 
     def update(self, step: int) -> None:
+        if self.is_auto:
+            if self.auto.force(step):
+                logger.warning(self.auto.describe())
+            self.kd.kd_steps = self.auto.kd_end
         self.kd.kd_weight = self.weight_at(step)
         never = self.schedule_fn is None and self.kd_weight == 0.0  # omega is 0 at every step
         self.kd.kd_done = (never or step >= self.kd.kd_steps) and self.kd.kd_weight == 0.0
 
+    def observe_window(self, step: int, logs: dict[str, float]) -> dict[str, float]:
+        """auto: judge one logging window (``loss_ce`` and ``teacher_ce``, already reduced over ranks).
+
+        Returns the entries to add to the log: the smoothed gap while deciding, and ``kd_auto_switch_step`` in
+        the first entry after the decision (made here or, at the cap, in ``on_step_begin``).
+        """
+        auto = self.auto if self.is_auto else None
+        if auto is None:
+            return {}
+        extra: dict[str, float] = {}
+        if not auto.decided and "loss_ce" in logs and "teacher_ce" in logs:
+            if auto.observe(step, logs["loss_ce"], logs["teacher_ce"]):
+                self.kd.kd_steps = auto.kd_end
+                logger.warning(auto.describe())
+            extra["kd_auto_gap"] = auto.smoothed()
+        if auto.decided and not auto.reported:
+            extra["kd_auto_switch_step"] = float(auto.switch_step)
+            auto.reported = True
+        return extra
+
     def on_train_begin(self, args, state, control, **kwargs):
         self.resolve(state.max_steps)
+        if self.is_auto and state.global_step > 0:
+            self._restore_auto(state)
         self.update(state.global_step)
+
+    def _restore_auto(self, state) -> None:
+        """Continue the decision saved with the checkpoint (the settings themselves come from the arguments)."""
+        stored = state.stateful_callbacks.get(type(self).__name__)
+        if isinstance(stored, list):
+            stored = stored[0] if stored else None
+        saved = ((stored or {}).get("attributes") or {}).get("auto_state")
+        if not saved:
+            logger.warning(
+                "kd_schedule=auto: the checkpoint holds no decision state (saved by another schedule?); "
+                f"judging afresh from step {state.global_step}."
+            )
+            return
+        self.auto.load_state(saved)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.update(state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._close_window_at_save(control)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self._close_window_at_save(control)
+
+    def _close_window_at_save(self, control) -> None:
+        """auto: log at every checkpoint, so a checkpoint never falls inside a judged window (exact resume)."""
+        if self.is_auto and self.auto is not None and not self.auto.decided and control.should_save:
+            control.should_log = True
 
     def state(self) -> dict:
         return {
@@ -184,6 +288,10 @@ class KDScheduleCallback(TrainerCallback, ExportableState):
                 "kd_steps": self.kd_steps,
                 "schedule": None if self.schedule_fn is not None else self.schedule,
                 "decay_start": self.decay_start,
+                "auto_margin": self.auto_margin,
+                "auto_smoothing": self.auto_smoothing,
+                "auto_decay_steps": self.auto_decay_steps,
             },
-            "attributes": {},
+            # read back by on_train_begin from the resumed TrainerState (whatever restore_callback_states_...)
+            "attributes": {"auto_state": self.auto.export()} if self.auto is not None else {},
         }

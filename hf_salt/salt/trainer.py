@@ -172,6 +172,9 @@ class SALTTrainer(AtomicCheckpointMixin, Trainer):
                 schedule=None if kd_schedule is not None else args.kd_schedule,
                 decay_start=args.kd_decay_start,
                 schedule_fn=kd_schedule,
+                auto_margin=args.kd_auto_margin,
+                auto_smoothing=args.kd_auto_smoothing,
+                auto_decay_steps=args.kd_auto_decay_steps,
             )
         )
         super().__init__(model=model, args=args, callbacks=callbacks, **kwargs)
@@ -544,6 +547,7 @@ class SALTTrainer(AtomicCheckpointMixin, Trainer):
             if self._omega_count:
                 logs["kd_weight"] = self._omega_sum / self._omega_count
             self._omega_sum, self._omega_count = 0.0, 0
+            logs.update(self.kd_callback.observe_window(self.state.global_step, logs))
         super().log(logs, start_time)
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
@@ -601,6 +605,8 @@ class SALTTrainer(AtomicCheckpointMixin, Trainer):
         }
         if get_schedule(args.kd_schedule).uses_decay_start and args.kd_decay_start is not None:
             info["kd_decay_start"] = args.kd_decay_start
+        if self.kd_callback.auto is not None:
+            info["kd_auto_switch"] = self.kd_callback.auto.describe()
         method = "salt"
         selection = getattr(getattr(self.data_collator, "selected_dataset", None), "salt_ds_selection", None)
         if selection is not None:  # SALT_DS: the KD stage read a teacher-selected pool
