@@ -1,10 +1,10 @@
 """Sweep omega (kd_weight) and tau (kd_temperature) of SALT at CPU scale, to pick SALTConfig's defaults from evidence.
 
-Same machinery as ``benchmarks/reproduce.py`` (same data order, optimizer, schedule, step budget, one teacher);
-one seed; arms: the baseline once, then ``salt`` (step schedule) at every (omega, tau) of the grid. Reports, per
+Same engine as ``hf-salt benchmark`` (same data order, optimizer, schedule, step budget, one teacher); one seed; arms: the baseline once, then ``salt`` (step schedule) at every (omega, tau) of the grid. Reports, per
 grid point, the final validation loss, its difference to the baseline, and the fraction of the baseline's steps
-at which SALT first reaches the baseline's final validation loss. Writes ``benchmarks/sweep_kd_<label>.png``,
-a markdown table, and the "omega / tau sweep" block of RESULTS.md's Reproduction section.
+at which SALT first reaches the baseline's final validation loss. Writes ``sweep_kd_<label>.png``,
+a markdown table, and the "omega / tau sweep" block of a RESULTS.md (in the run folder unless --report_dir /
+--results_md name the shipped ones).
 
 Run: ``python benchmarks/sweep_kd.py --config benchmarks/configs/cpu.yaml --max_steps 300 --teacher_steps 300
 --weights 0.25 0.5 0.75 --temperatures 1 2``.
@@ -21,11 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-
-import reproduce as rp  # noqa: E402
+from hf_salt.experiments.benchmark import Benchmark, BenchmarkConfig
+from hf_salt.experiments.metrics import run_metrics, teacher_seed_for
+from hf_salt.experiments.report import command_line, hardware, update_results_md
 
 
 @dataclass
@@ -59,7 +57,7 @@ def _job_path(out: Path, seed: int, job: tuple[float, float] | None) -> Path:
     return out / "runs" / f"seed{seed}" / f"{name}.json"
 
 
-def _run_jobs(cfg: rp.BenchmarkConfig, sweep: SweepArgs, indices: list[int]) -> None:
+def _run_jobs(cfg: BenchmarkConfig, sweep: SweepArgs, indices: list[int]) -> None:
     """Train the given jobs (reusing finished ones) and save each as JSON."""
     import torch
 
@@ -67,26 +65,26 @@ def _run_jobs(cfg: rp.BenchmarkConfig, sweep: SweepArgs, indices: list[int]) -> 
         torch.set_num_threads(cfg.num_threads)
     seed = cfg.seeds[0]
     grid = _grid(sweep)
-    bench = rp.Benchmark(cfg)
+    bench = Benchmark(cfg)
     bench.load_data()
-    teacher, trecord = bench.teacher(rp._teacher_seed_for(cfg, seed))
+    teacher, trecord = bench.teacher(teacher_seed_for(cfg, seed))
     for i in indices:
         job = grid[i]
         arm = "baseline" if job is None else "salt"
         point = cfg if job is None else dataclasses.replace(cfg, kd_weight=job[0], kd_temperature=job[1])
         path = _job_path(bench.out, seed, job)
-        if cfg.resume and path.exists() and json.loads(path.read_text()).get("key") == point.run_key(arm):
+        bench.cfg = point
+        if cfg.resume and path.exists() and json.loads(path.read_text()).get("key") == bench.run_key(arm):
             print(f"[sweep] reusing {path}")
             continue
         print(f"[sweep] {arm} {job or ''}")
-        bench.cfg = point
         record = bench.run_arm(arm, seed, teacher, trecord)
         record.update(kd_weight_value=point.kd_weight, kd_temperature_value=point.kd_temperature)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=1))
 
 
-def _spawn(cfg: rp.BenchmarkConfig, sweep: SweepArgs) -> None:
+def _spawn(cfg: BenchmarkConfig, sweep: SweepArgs) -> None:
     """Teacher here, then the jobs split over ``cfg.workers`` processes of this script."""
     import torch
 
@@ -94,9 +92,9 @@ def _spawn(cfg: rp.BenchmarkConfig, sweep: SweepArgs) -> None:
         torch.set_num_threads(cfg.num_threads)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    bench = rp.Benchmark(cfg)
+    bench = Benchmark(cfg)
     bench.load_data()
-    bench.teacher(rp._teacher_seed_for(cfg, cfg.seeds[0]))
+    bench.teacher(teacher_seed_for(cfg, cfg.seeds[0]))
     config_path = out / "sweep-config.json"
     config_path.write_text(json.dumps(asdict(cfg)))
     n = len(_grid(sweep))
@@ -120,7 +118,7 @@ def _spawn(cfg: rp.BenchmarkConfig, sweep: SweepArgs) -> None:
         raise RuntimeError(f"sweep worker(s) failed with {codes}; see {out}/sweep-worker*.log.")
 
 
-def collect(cfg: rp.BenchmarkConfig, sweep: SweepArgs) -> dict[str, Any]:
+def collect(cfg: BenchmarkConfig, sweep: SweepArgs) -> dict[str, Any]:
     """Read the saved runs back and compute the per-point metrics."""
     out, seed = Path(cfg.output_dir), cfg.seeds[0]
     runs = {
@@ -129,25 +127,25 @@ def collect(cfg: rp.BenchmarkConfig, sweep: SweepArgs) -> dict[str, Any]:
         if _job_path(out, seed, job).exists()
     }
     missing = [job for job in _grid(sweep) if job not in runs]
-    tmeta = out / f"teacher-seed{rp._teacher_seed_for(cfg, seed)}" / "teacher.json"
+    tmeta = out / f"teacher-seed{teacher_seed_for(cfg, seed)}" / "teacher.json"
     teacher = json.loads(tmeta.read_text())
     base = runs[None]
     points = []
     for job, run in runs.items():
         if job is None:
             continue
-        m = rp.run_metrics(run, base, teacher["train_time_s"])
+        m = run_metrics(run, base, teacher["train_time_s"])
         points.append({"kd_weight": job[0], "kd_temperature": job[1], **m, "curve": run["curve"]})
     return {"baseline": base, "teacher": teacher, "points": points, "seed": seed, "missing": missing}
 
 
-def sweep_markdown(cfg: rp.BenchmarkConfig, data: dict[str, Any], plot_rel: str, command: str) -> str:
+def sweep_markdown(cfg: BenchmarkConfig, data: dict[str, Any], plot_rel: str, command: str) -> str:
     base_loss = data["baseline"]["curve"]["loss"][-1]
     lines = [
         f"### omega / tau sweep ({cfg.label} scale, seed {data['seed']})",
         "",
         f"Command: `{command}`  ",
-        f"Hardware: {rp.hardware()['summary']}; {cfg.workers} worker process(es) x {cfg.num_threads or 'default'} "
+        f"Hardware: {hardware()['summary']}; {cfg.workers} worker process(es) x {cfg.num_threads or 'default'} "
         f"thread(s)  ",
         f"Budget: {cfg.max_steps} steps x {cfg.global_batch_size} x {cfg.block_size} tokens, n_KD = {cfg.kd_steps} "
         f"({cfg.kd_fraction:.0%}, step schedule), teacher {cfg.teacher_preset} ({cfg.teacher_steps} steps, final "
@@ -220,7 +218,7 @@ def plot_sweep(data: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def run(cfg: rp.BenchmarkConfig, sweep: SweepArgs) -> int:
+def run(cfg: BenchmarkConfig, sweep: SweepArgs) -> int:
     grid = _grid(sweep)
     if sweep.jobs:
         _run_jobs(cfg, sweep, sweep.jobs)
@@ -234,10 +232,10 @@ def run(cfg: rp.BenchmarkConfig, sweep: SweepArgs) -> int:
     if not cfg.report:
         return 0
     data = collect(cfg, sweep)
-    report_dir = Path(cfg.report_dir)
+    report_dir, results_md = cfg.report_paths()
+    report_dir.mkdir(parents=True, exist_ok=True)
     plot = plot_sweep(data, report_dir / f"sweep_kd_{cfg.label}.png")
-    command = rp._command_line()
-    results_md = Path(cfg.results_md) if cfg.results_md else None
+    command = command_line()
     plot_rel = os.path.relpath(plot, results_md.parent) if results_md else plot.name
     block = sweep_markdown(cfg, data, plot_rel, command)
     (report_dir / f"sweep_kd_{cfg.label}.md").write_text(block.replace(plot_rel, plot.name))
@@ -245,7 +243,7 @@ def run(cfg: rp.BenchmarkConfig, sweep: SweepArgs) -> int:
         json.dumps({k: v for k, v in data.items() if k != "teacher"}, indent=1, default=str)
     )
     if results_md is not None:
-        rp.update_results_md(results_md, f"reproduce:sweep-kd-{cfg.label}", block)
+        update_results_md(results_md, f"reproduce:sweep-kd-{cfg.label}", block)
     print(block)
     return 0
 
@@ -253,7 +251,7 @@ def run(cfg: rp.BenchmarkConfig, sweep: SweepArgs) -> int:
 def main(argv: list[str] | None = None) -> int:
     from hf_salt.cli.parser import Command
 
-    return Command([rp.BenchmarkConfig, SweepArgs], run, description=__doc__).main(
+    return Command([BenchmarkConfig, SweepArgs], run, description=__doc__).main(
         list(sys.argv[1:] if argv is None else argv), prog="sweep_kd.py"
     )
 

@@ -27,6 +27,8 @@ _LAZY: dict[str, str] = {
     "ExperimentConfig": "hf_salt.experiments",
     "run_experiment": "hf_salt.experiments",
     "register_arm": "hf_salt.experiments",
+    "ArmSetup": "hf_salt.experiments",
+    "ArmContext": "hf_salt.experiments",
     # SALT_DS
     "SALTDSCollator": "hf_salt.salt_ds",
     # distilling step-by-step

@@ -1,5 +1,6 @@
-"""The reproduction benchmark (`benchmarks/reproduce.py`): its metric code against hand-computed values, and a
-tiny end-to-end run of every arm through `hf-salt benchmark` so the script cannot rot."""
+"""The reproduction benchmark (`hf_salt.experiments.benchmark`, driven by `benchmarks/reproduce.py` and
+`hf-salt benchmark`): its metric code against hand-computed values, and a tiny end-to-end run of every arm through
+`hf-salt benchmark` so the engine cannot rot."""
 
 from __future__ import annotations
 
@@ -9,48 +10,47 @@ import math
 import numpy as np
 import pytest
 
-from hf_salt.cli.benchmark import load_reproduce
-
-rp = load_reproduce()
+from hf_salt.experiments import ARMS, ArmContext, engine, metrics, report
+from hf_salt.experiments import benchmark as bench_mod
 
 
 # ------------------------------------------------------------------------------------------ first crossing
 def test_first_crossing_interpolates_between_bracketing_evals():
     steps, losses = [0, 10, 20, 30], [5.0, 4.0, 3.0, 2.5]
     # 3.5 lies half-way between 4.0 (step 10) and 3.0 (step 20)
-    assert rp.first_crossing(steps, losses, 3.5) == pytest.approx(15.0)
+    assert metrics.first_crossing(steps, losses, 3.5) == pytest.approx(15.0)
     # 2.8 between 3.0 (step 20) and 2.5 (step 30): 20 + (3.0 - 2.8) / 0.5 * 10 = 24
-    assert rp.first_crossing(steps, losses, 2.8) == pytest.approx(24.0)
-    assert rp.first_crossing(steps, losses, 3.0) == pytest.approx(20.0)  # exact hit
-    assert rp.first_crossing(steps, losses, 2.0) is None  # never reached
+    assert metrics.first_crossing(steps, losses, 2.8) == pytest.approx(24.0)
+    assert metrics.first_crossing(steps, losses, 3.0) == pytest.approx(20.0)  # exact hit
+    assert metrics.first_crossing(steps, losses, 2.0) is None  # never reached
 
 
 def test_first_crossing_first_eval_rule_and_first_of_several_crossings():
-    assert rp.first_crossing([0, 10], [2.0, 1.0], 3.0) == 0.0  # already below at the first evaluation
+    assert metrics.first_crossing([0, 10], [2.0, 1.0], 3.0) == 0.0  # already below at the first evaluation
     # the curve dips below, rises, dips again: the FIRST crossing counts (between step 10 and 20)
     steps, losses = [0, 10, 20, 30, 40], [4.0, 3.2, 2.8, 3.1, 2.0]
-    assert rp.first_crossing(steps, losses, 3.0) == pytest.approx(15.0)
+    assert metrics.first_crossing(steps, losses, 3.0) == pytest.approx(15.0)
 
 
 def test_first_crossing_on_wall_clock_and_bad_input():
     walls, losses = [0.0, 1.5, 4.5], [6.0, 5.0, 3.0]
-    assert rp.first_crossing(walls, losses, 4.0) == pytest.approx(3.0)  # 1.5 + 0.5 * 3.0
+    assert metrics.first_crossing(walls, losses, 4.0) == pytest.approx(3.0)  # 1.5 + 0.5 * 3.0
     with pytest.raises(ValueError, match="differ in length"):
-        rp.first_crossing([0, 1], [1.0], 0.5)
+        metrics.first_crossing([0, 1], [1.0], 0.5)
 
 
 # ------------------------------------------------------------------------------------------ spread
 def test_spread_is_mean_sample_std_min_max():
-    s = rp.spread([1.0, 2.0, 3.0])
+    s = metrics.spread([1.0, 2.0, 3.0])
     assert (s.mean, s.std, s.min, s.max, s.n) == (2.0, 1.0, 1.0, 3.0, 3)
-    two = rp.spread([0.6, 0.8])
+    two = metrics.spread([0.6, 0.8])
     assert two.mean == pytest.approx(0.7)
     assert two.std == pytest.approx(math.sqrt(0.02))  # ddof=1: sqrt(((0.1)^2 + (0.1)^2) / 1)
     assert two.fmt(2) == "0.70 ± 0.14 [0.60–0.80]"
-    one = rp.spread([0.5])
+    one = metrics.spread([0.5])
     assert one.std == 0.0 and one.fmt(2) == "0.50"
     with pytest.raises(ValueError):
-        rp.spread([])
+        metrics.spread([])
 
 
 # ------------------------------------------------------------------------------------------ per-seed metrics
@@ -69,7 +69,7 @@ SALT = _run([9.0, 5.0, 4.0, 3.8, 3.7], [0, 15, 27, 37, 47], train_time=47.0, use
 
 
 def test_run_metrics_against_hand_computed_values():
-    m = rp.run_metrics(SALT, BASE, teacher_train_s=10.0)
+    m = metrics.run_metrics(SALT, BASE, teacher_train_s=10.0)
     assert m["target_loss"] == 4.0
     assert m["step"] == pytest.approx(20.0) and m["step_frac"] == pytest.approx(0.5)
     # wall at the crossing = 27 s; + 2 s offline scoring = 29 s; / baseline's 40 s
@@ -77,9 +77,9 @@ def test_run_metrics_against_hand_computed_values():
     assert m["wall_frac_with_teacher"] == pytest.approx(39.0 / 40.0)  # + 10 s teacher training
     assert m["final_loss"] == 3.7 and m["final_ppl"] == pytest.approx(math.exp(3.7))
     assert m["final_minus_baseline"] == pytest.approx(-0.3)
-    base = rp.run_metrics(BASE, BASE, teacher_train_s=10.0)  # the baseline reaches its own end at 1.0
+    base = metrics.run_metrics(BASE, BASE, teacher_train_s=10.0)  # the baseline reaches its own end at 1.0
     assert base["step_frac"] == 1.0 and base["wall_frac"] == 1.0 and base["wall_frac_with_teacher"] == 1.0
-    never = rp.run_metrics(_run([9, 8, 7, 6, 5], [0, 1, 2, 3, 4], train_time=4.0), BASE, 10.0)
+    never = metrics.run_metrics(_run([9, 8, 7, 6, 5], [0, 1, 2, 3, 4], train_time=4.0), BASE, 10.0)
     assert never["step_frac"] is None and never["wall_frac"] is None
 
 
@@ -114,18 +114,18 @@ def _synthetic_results():
 
 def test_aggregate_table_and_targets_on_synthetic_curves(tmp_path):
     results = _synthetic_results()
-    rows = rp.aggregate(results)
+    rows = metrics.aggregate(results)
     salt = next(r for r in rows if r["arm"] == "salt")
     assert salt["step_frac"] == [pytest.approx(0.5), pytest.approx(0.625)]
     assert salt["final_minus_baseline"].mean == pytest.approx(((3.7 - 4.0) + (3.9 - 4.2)) / 2)
-    table = rp.markdown_table(rows, results["teachers"]["7"])
+    table = metrics.markdown_table(rows, results["teachers"]["7"])
     assert "| salt | 2 | 0.56 ± 0.09 [0.50–0.62]" in table
-    targets = {t: met for t, _, met in rp.check_targets(rows)}
+    targets = {t: met for t, _, met in metrics.check_targets(rows)}
     assert targets["salt: steps ≤ 0.70"] is True
     assert targets["salt: ends below baseline"] is True
     assert targets["hypercloning: steps ≤ 0.45"] is None  # not run
     assert not any(t.startswith("salt-linear") for t in targets)  # smooth schedules are judged only when run
-    png = rp.plot_results(results, tmp_path / "curves.png")
+    png = report.plot_results(results, tmp_path / "curves.png")
     assert png.stat().st_size > 5000
 
 
@@ -135,7 +135,7 @@ def test_targets_judge_every_salt_schedule_that_ran():
     slow = _run([9.0, 8.0, 6.0, 4.5, 3.95], [0, 12, 24, 36, 48], train_time=48.0, uses_teacher=True)
     for seed in ("0", "1"):
         results["runs"][seed]["salt-linear_ratio"] = slow
-    targets = {t: met for t, _, met in rp.check_targets(rp.aggregate(results))}
+    targets = {t: met for t, _, met in metrics.check_targets(metrics.aggregate(results))}
     assert targets["salt: steps ≤ 0.70"] is True
     assert targets["salt-linear_ratio: steps ≤ 0.70"] is False  # crosses 4.0 / 4.2 late or never
     assert targets["salt-linear_ratio: ends below baseline"] is True
@@ -145,31 +145,31 @@ def test_targets_judge_every_salt_schedule_that_ran():
 def test_update_results_md_only_touches_its_block(tmp_path):
     md = tmp_path / "RESULTS.md"
     md.write_text("# R\n\n## Reproduction: x\n\n_Not measured yet._\n\n## SALT step cost\n\nkeep me\n")
-    rp.update_results_md(md, "reproduce:cpu", "table one")
+    report.update_results_md(md, "reproduce:cpu", "table one")
     text = md.read_text()
     assert "_Not measured yet._" not in text and "keep me" in text
     assert text.index("table one") < text.index("## SALT step cost")
-    rp.update_results_md(md, "reproduce:cpu", "table two")
-    rp.update_results_md(md, "reproduce:sweep", "sweep")
+    report.update_results_md(md, "reproduce:cpu", "table two")
+    report.update_results_md(md, "reproduce:sweep", "sweep")
     text = md.read_text()
     assert "table one" not in text and text.count("table two") == 1 and "sweep" in text
     assert text.endswith("## SALT step cost\n\nkeep me\n")
 
 
 def test_ordered_indices_is_a_deterministic_concatenation_of_permutations():
-    a = rp.ordered_indices(5, 12, seed=3)
-    assert len(a) == 12 and np.array_equal(a, rp.ordered_indices(5, 12, seed=3))
+    a = engine.ordered_indices(5, 12, seed=3)
+    assert len(a) == 12 and np.array_equal(a, engine.ordered_indices(5, 12, seed=3))
     assert sorted(a[:5]) == list(range(5)) and sorted(a[5:10]) == list(range(5))
-    assert not np.array_equal(a, rp.ordered_indices(5, 12, seed=4))
+    assert not np.array_equal(a, engine.ordered_indices(5, 12, seed=4))
 
 
 def test_config_validation_messages():
     with pytest.raises(ValueError, match="Unknown arm"):
-        rp.BenchmarkConfig(arms=["nope"])
+        bench_mod.BenchmarkConfig(arms=["nope"])
     with pytest.raises(ValueError, match="multiple of eval_every"):
-        rp.BenchmarkConfig(max_steps=10, eval_every=3)
-    assert rp.BenchmarkConfig(arms=["salt"]).arms == ["baseline", "salt"]
-    assert rp.BenchmarkConfig(max_steps=100, kd_fraction=0.2).kd_steps == 20
+        bench_mod.BenchmarkConfig(max_steps=10, eval_every=3)
+    assert bench_mod.BenchmarkConfig(arms=["salt"]).arms == ["baseline", "salt"]
+    assert bench_mod.BenchmarkConfig(max_steps=100, kd_fraction=0.2).kd_steps == 20
 
 
 # ------------------------------------------------------------------------------------------ end to end
@@ -184,14 +184,14 @@ def test_every_arm_end_to_end_through_the_cli(tmp_path):
         "benchmark", "--corpus", "tinyshakespeare", "--max_train_blocks", "400",
         "--teacher_preset", "llama-tiny", "--student_preset", "llama-tiny-2x", "--block_size", "32",
         "--max_steps", "8", "--teacher_steps", "8", "--batch_size", "4", "--eval_every", "4",
-        "--eval_blocks", "8", "--warmup_steps", "1", "--seeds", "0", "--kd_fraction", "0.25",
+        "--eval_blocks", "8", "--warmup_steps", "1", "--seeds", "0", "--kd_fraction", "0.25", "--kd_weight", "0.5",
         "--hypercloning_snr_db", "10", "--hc_warmup_steps", "2", "--disable_tqdm", "true",
         "--output_dir", str(out), "--report_dir", str(tmp_path), "--results_md", str(md), "--label", "tiny",
     ]  # fmt: skip
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     runs = results["runs"]["0"]
-    assert list(runs) == list(rp.ALL_ARMS)
+    assert list(runs) == list(ARMS)
     for arm, run in runs.items():
         assert run["curve"]["step"] == [0, 4, 8], arm
         assert all(math.isfinite(v) for v in run["curve"]["loss"]), arm
@@ -220,29 +220,70 @@ def test_same_data_order_in_every_arm(tmp_path):
     baseline's rows for the same steps."""
     from transformers import Trainer, TrainingArguments
 
-    from hf_salt.experiments import Context
     from hf_salt.zoo import build_model
 
-    cfg = rp.BenchmarkConfig(
+    cfg = bench_mod.BenchmarkConfig(
         corpus="tinyshakespeare", max_train_blocks=200, teacher_preset="llama-tiny",
         student_preset="llama-tiny-2x", block_size=32, max_steps=8, batch_size=4, eval_every=4,
         eval_blocks=8, kd_fraction=0.25, salt_ds_pool=2, output_dir=str(tmp_path),
     )  # fmt: skip
-    bench = rp.Benchmark(cfg)
+    bench = bench_mod.Benchmark(cfg)
     bench.load_data()
     order = bench.order(0, cfg.max_steps)
     assert len(order) == 32
-    expected = bench.train.select(rp.ordered_indices(len(bench.train), 32, 0).tolist())["input_ids"]
+    expected = bench.train.select(engine.ordered_indices(len(bench.train), 32, 0).tolist())["input_ids"]
     assert order["input_ids"] == expected
     args = TrainingArguments(output_dir=str(tmp_path / "t"), per_device_train_batch_size=4, report_to="none")
-    trainer = rp.in_order(Trainer)(model=build_model("llama-tiny", seed=0), args=args, train_dataset=order)
+    trainer = engine.in_order(Trainer)(
+        model=build_model("llama-tiny", seed=0), args=args, train_dataset=order
+    )
     first = next(iter(trainer.get_train_dataloader()))
     assert first["input_ids"].tolist() == order["input_ids"][:4]
 
     teacher = build_model("llama-tiny", seed=1).eval()
-    ctx = Context(rp._experiment_config(cfg, 0), bench.tokenizer, order, bench.validation, teacher, 0.0)
-    _, _, _, kwargs, scoring_s, uses_teacher = rp._build_arm("salt_ds", ctx, cfg)
+    ctx = ArmContext(cfg, bench.tokenizer, order, bench.validation, teacher, 0)
+    setup = ARMS["salt_ds"].build(ctx)
+    kwargs, scoring_s, uses_teacher = (
+        setup.trainer_kwargs,
+        setup.offline_teacher_s,
+        ARMS["salt_ds"].uses_teacher,
+    )
     curriculum = kwargs["data_collator"].curriculum(order, kd_steps=2, global_batch_size=4, total_samples=32)
     assert uses_teacher and scoring_s > 0 and len(curriculum) == 32
     tail = [curriculum[i]["input_ids"] for i in range(8, 32)]
     assert tail == order["input_ids"][8:]  # stage 2 = the baseline's rows for steps 2..7
+
+
+def test_default_paths_write_into_the_run_folder_not_the_shipped_results(tmp_path, monkeypatch):
+    """`hf-salt benchmark --config benchmarks/configs/cpu.yaml` (a user's run, default paths) writes its table,
+    plot and RESULTS.md into its output folder; the shipped files change only when asked."""
+    from pathlib import Path
+
+    from hf_salt.cli.main import main
+
+    config = Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / "cpu.yaml"
+    monkeypatch.chdir(tmp_path)
+    shipped = {
+        name: f"shipped {name}" for name in ("RESULTS.md", "reproduction_cpu.md", "reproduction_cpu.png")
+    }
+    (tmp_path / "benchmarks").mkdir()
+    for name, text in shipped.items():
+        (tmp_path / "benchmarks" / name).write_text(text)
+    argv = [
+        "benchmark", "--config", str(config), "--corpus", "tinyshakespeare", "--max_train_blocks", "64",
+        "--teacher_preset", "llama-tiny", "--student_preset", "llama-tiny-2x", "--block_size", "16",
+        "--max_steps", "2", "--teacher_steps", "2", "--batch_size", "2", "--eval_every", "2", "--eval_blocks", "2",
+        "--warmup_steps", "0", "--seeds", "0", "--workers", "1", "--arms", "baseline",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    for name, text in shipped.items():
+        assert (tmp_path / "benchmarks" / name).read_text() == text, name
+    run = tmp_path / "outputs" / "benchmark-cpu"  # cpu.yaml's output_dir
+    assert "| baseline | 1 |" in (run / "RESULTS.md").read_text()
+    assert "| baseline | 1 |" in (run / "reproduction_cpu.md").read_text()
+    assert (run / "reproduction_cpu.png").stat().st_size > 1000
+    # asked for: the shipped RESULTS.md gets the block (other text kept), the table goes to benchmarks/
+    assert main([*argv, "--report_dir", "benchmarks", "--results_md", "benchmarks/RESULTS.md"]) == 0
+    text = (tmp_path / "benchmarks" / "RESULTS.md").read_text()
+    assert text.startswith("shipped RESULTS.md") and "<!-- reproduce:cpu:begin -->" in text
+    assert "| baseline | 1 |" in (tmp_path / "benchmarks" / "reproduction_cpu.md").read_text()

@@ -34,6 +34,7 @@ SCALES: dict[str, dict] = {
         batch_size=4,
         eval_every=4,
         eval_blocks=8,
+        warmup_steps=0,
     ),
     "gpu": dict(
         teacher_preset="llama-40m",
@@ -47,6 +48,7 @@ SCALES: dict[str, dict] = {
         warmup_steps=200,
         eval_every=100,
         eval_blocks=256,
+        eval_batch_size=32,
         bf16=True,
     ),
 }

@@ -1,0 +1,177 @@
+"""What every arm of an experiment shares: data, models, optimizer, evaluation, KD and HyperCloning settings.
+
+`SharedSettings` holds them; `ExperimentConfig` is the demo's config (one seed); `hf_salt.experiments.benchmark.BenchmarkConfig` adds seeds,
+resuming and reporting. The KD defaults are SALTConfig's, so the demo, the benchmark and a plain SALT run agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from hf_salt.salt.config import SALTConfig
+from hf_salt.salt.schedules import resolve_kd_steps
+
+
+def salt_default(name: str) -> Any:
+    """SALTConfig's default of field ``name`` (one definition of the KD defaults)."""
+    for f in dataclasses.fields(SALTConfig):
+        if f.name == name:
+            return f.default
+    raise KeyError(f"SALTConfig has no field {name!r}.")
+
+
+def like(cls: type, name: str, default: Any) -> Any:
+    """A dataclass field with ``cls``'s help for ``name`` and another default (a subclass's own defaults)."""
+    source = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=source.metadata)
+    return field(default=default, metadata=source.metadata)
+
+
+# the config fields a run's result depends on beyond the shared ones, by arm family (see Arm.depends_on)
+KD_FIELDS = ("kd_weight", "kd_temperature", "kd_fraction", "kd_decay_start")
+HYPERCLONING_FIELDS = ("hypercloning_snr_db", "hc_learning_rate", "hc_warmup_steps")
+
+
+@dataclass
+class SharedSettings:
+    """The settings every arm of an experiment shares (data, models, optimizer, evaluation, KD, HyperCloning)."""
+
+    # data and models
+    corpus: str = field(
+        default="wikitext-2",
+        metadata={
+            "help": "Corpus: embedded name (wikitext-2, tinyshakespeare) or a local path (see load_corpus)."
+        },
+    )
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "Tokenizer folder; default: the shipped 8192-token BPE."}
+    )
+    teacher_preset: str = field(
+        default="llama-small", metadata={"help": "hf_salt.zoo preset of the small teacher."}
+    )
+    student_preset: str = field(
+        default="llama-small-2x", metadata={"help": "hf_salt.zoo preset of the student."}
+    )
+    block_size: int = field(default=128, metadata={"help": "Tokens per packed training block."})
+    max_train_blocks: int = field(
+        default=0, metadata={"help": "Use only this many packed training blocks (0 = all); for smoke runs."}
+    )
+    # optimisation (identical for every arm)
+    max_steps: int = field(default=200, metadata={"help": "Optimizer steps of every student arm."})
+    teacher_steps: int = field(
+        default=200, metadata={"help": "Optimizer steps of the teacher's pre-training."}
+    )
+    batch_size: int = field(default=8, metadata={"help": "Blocks per device per micro-batch."})
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Micro-batches per optimizer step."}
+    )
+    learning_rate: float = field(default=3e-3, metadata={"help": "Peak learning rate of every student arm."})
+    teacher_learning_rate: float = field(
+        default=3e-3, metadata={"help": "Peak learning rate of the teacher."}
+    )
+    warmup_steps: int = field(default=20, metadata={"help": "Linear warm-up steps, then cosine decay to 0."})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay."})
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    # evaluation
+    eval_every: int = field(default=25, metadata={"help": "Evaluate every this many optimizer steps."})
+    eval_blocks: int = field(
+        default=64,
+        metadata={"help": "Validation blocks (evenly spaced over the split) per evaluation; 0 = all."},
+    )
+    eval_batch_size: int = field(default=16, metadata={"help": "Blocks per evaluation forward."})
+    # arms
+    arms: list[str] = field(
+        default_factory=lambda: ["default"],
+        metadata={
+            "help": "Arms to train (the baseline always runs); 'default' = the default arms whose modules import, "
+            "'all' = every registered arm. See hf_salt.experiments.ARMS."
+        },
+    )
+    # SALT (defaults: SALTConfig's)
+    kd_weight: float = field(
+        default=salt_default("kd_weight"),
+        metadata={"help": "omega, the KD weight during the KD stage (default: SALTConfig's)."},
+    )
+    kd_temperature: float = field(
+        default=salt_default("kd_temperature"),
+        metadata={"help": "tau, the KD temperature (default: SALTConfig's)."},
+    )
+    kd_fraction: float = field(
+        default=salt_default("kd_steps"),
+        metadata={"help": "n_KD as a fraction of max_steps, in (0, 1) (default: SALTConfig's kd_steps)."},
+    )
+    kd_decay_start: float | None = field(
+        default=salt_default("kd_decay_start"),
+        metadata={"help": "linear / linear_ratio: where the decay starts, as a fraction of n_KD (None = 0)."},
+    )
+    salt_ds_pool: int = field(
+        default=4,
+        metadata={"help": "SALT_DS scores this many KD budgets (n_KD x global batch) of candidate blocks."},
+    )
+    # HyperCloning
+    hypercloning_snr_db: float | None = field(
+        default=None,
+        metadata={"help": "Symmetry-breaking noise of the clone (SNR in dB); None = exact copy."},
+    )
+    hc_learning_rate: float | None = field(
+        default=None, metadata={"help": "Peak LR of the HyperCloning arms (None = learning_rate)."}
+    )
+    hc_warmup_steps: int | None = field(
+        default=None, metadata={"help": "LR re-warm-up steps of the HyperCloning arms (None = warmup_steps)."}
+    )
+    # execution
+    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPU)."})
+    use_cpu: bool = field(default=False, metadata={"help": "Force CPU even when a GPU is present."})
+    disable_tqdm: bool = field(default=False, metadata={"help": "Hide the Trainer's progress bars."})
+    output_dir: str = field(
+        default="hf-salt-demo", metadata={"help": "Where models, results.json and the plot go."}
+    )
+
+    def __post_init__(self) -> None:
+        from hf_salt.experiments.arms import resolve_arms
+
+        if isinstance(self.arms, str):
+            self.arms = [a for a in self.arms.replace(",", " ").split() if a]
+        self.arms = resolve_arms(self.arms)
+        for name in ("max_steps", "teacher_steps", "batch_size", "gradient_accumulation_steps", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.block_size < 2:
+            raise ValueError(f"block_size must be >= 2, got {self.block_size}.")
+        if not 0.0 < self.kd_fraction < 1.0:
+            raise ValueError(f"kd_fraction must be in (0, 1) (n_KD / max_steps), got {self.kd_fraction}.")
+        if self.kd_decay_start is not None and not 0.0 <= self.kd_decay_start < 1.0:
+            raise ValueError(
+                f"kd_decay_start must be a fraction of n_KD in [0, 1), got {self.kd_decay_start}."
+            )
+        if not 0.0 <= self.kd_weight < 1.0:
+            raise ValueError(f"kd_weight must be in [0, 1) (linear_ratio needs < 1), got {self.kd_weight}.")
+        if self.kd_temperature <= 0:
+            raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature}.")
+        if self.salt_ds_pool < 1:
+            raise ValueError(f"salt_ds_pool must be >= 1 (KD budgets scored), got {self.salt_ds_pool}.")
+        if self.warmup_steps < 0 or (self.hc_warmup_steps is not None and self.hc_warmup_steps < 0):
+            raise ValueError("warmup_steps and hc_warmup_steps must be >= 0.")
+
+    @property
+    def kd_steps(self) -> int:
+        """n_KD in optimizer steps, rounded as SALTTrainer rounds a fractional kd_steps (at least 1)."""
+        return max(1, resolve_kd_steps(self.kd_fraction, self.max_steps))
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.gradient_accumulation_steps
+
+
+@dataclass
+class ExperimentConfig(SharedSettings):
+    """What to train and how, for one seed; `hf-salt demo` fills it from the command line."""
+
+    seed: int = field(
+        default=0,
+        metadata={"help": "Seed of model init and data order (the same for all arms and the teacher)."},
+    )
