@@ -8,7 +8,7 @@ baseline's), the final validation perplexity and the spread across seeds; it wri
 table, a PNG plot and a RESULTS.md block into the run's folder. See ``docs/reproduction.md``.
 
 - **Resumable**: each (seed, arm) run is saved as JSON when done; re-running the command skips finished runs.
-- **Parallel seeds**: ``workers > 1`` trains seeds in separate processes (``python -m hf_salt.experiments.benchmark``).
+- **Parallel seeds**: ``workers > 1`` trains seeds in separate ``hf-salt benchmark`` processes.
 
 Run: ``hf-salt benchmark --config benchmarks/configs/cpu.yaml`` (or ``python benchmarks/reproduce.py ...``).
 """
@@ -21,7 +21,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,7 +273,7 @@ class Benchmark(Engine):
         for group in groups:
             log = self.out / f"worker-seeds{'-'.join(map(str, group))}.log"
             cmd = [
-                sys.executable, "-m", "hf_salt.experiments.benchmark", "--config", str(config_path),
+                sys.executable, "-m", "hf_salt.cli.main", "benchmark", "--config", str(config_path),
                 "--seeds", *map(str, group), "--workers", "1", "--report", "false", "--resume", "true",
             ]  # fmt: skip
             print(f"[benchmark] worker for seeds {group}: log {log}")
@@ -305,15 +304,3 @@ def run(cfg: BenchmarkConfig) -> int:
     for what, path in written.items():
         print(f"{what}: {path}")
     return 0
-
-
-def main(argv: Sequence[str] | None = None, prog: str = "hf-salt benchmark") -> int:
-    from hf_salt.cli.parser import Command
-
-    return Command([BenchmarkConfig], run, description=__doc__).main(
-        list(sys.argv[1:] if argv is None else argv), prog=prog
-    )
-
-
-if __name__ == "__main__":
-    sys.exit(main())
