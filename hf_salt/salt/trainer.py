@@ -23,17 +23,16 @@ from torch.utils.data import SequentialSampler
 from transformers import AutoModelForCausalLM, PreTrainedModel, Trainer
 from transformers.utils import logging
 
-from hf_salt.checkpoints import AtomicCheckpointMixin
 from hf_salt.salt.config import SALTConfig
 from hf_salt.salt.losses import KDLossOutput, fused_kd_loss
 from hf_salt.salt.schedules import KDScheduleCallback, KDState, get_schedule
+from hf_salt.trainer_base import TrainerBase, paper
 
 logger = logging.get_logger(__name__)
 
 # Transformers >= 5.19 reads the class attribute `loss_is_scaled_for_ga`; older versions infer "scaled" from
 # `model_accepts_loss_kwargs and num_items_in_batch is not None`, which we also make true (see __init__).
 _HAS_GA_FLAG = hasattr(Trainer, "loss_is_scaled_for_ga")
-_LOG_KEYS = ("ce_sum", "n", "kd_sum", "n_kd", "tce_sum", "n_tce")
 
 
 def _is_peft(model: nn.Module) -> bool:
@@ -120,7 +119,7 @@ def _torch_dtype(value: Any) -> Any:
     return value
 
 
-class SALTTrainer(AtomicCheckpointMixin, Trainer):
+class SALTTrainer(TrainerBase, Trainer):
     """Trainer for SALT: KD from a small teacher for the first n_KD optimizer steps, then plain training.
 
     Args:
@@ -133,7 +132,11 @@ class SALTTrainer(AtomicCheckpointMixin, Trainer):
     """
 
     loss_is_scaled_for_ga = True
+    _name = "SALT"
+    _method = "salt"
     _tag_names = ["hf-salt", "salt"]
+    _paper = paper("salt")
+    _metric_names = ("loss_ce", "loss_kd", "teacher_ce", "kd_weight")
 
     def __init__(
         self,
@@ -186,16 +189,14 @@ class SALTTrainer(AtomicCheckpointMixin, Trainer):
         if hasattr(self, "_loss_shifts_labels"):
             self._loss_shifts_labels = True
 
-        self._acc: torch.Tensor | None = None
-        self._omega_sum, self._omega_count, self._omega_last_step = 0.0, 0, -1
+        self._omega_last_step = -1
         self._bad_step: torch.Tensor | None = None
         self._teacher_placement = "device"
         self._curriculum_active = False
         self.teacher_model = self._prepare_teacher(teacher)
         self._vocab_limit = self._check_vocab()
         self._warn_if_teacher_larger()
-        if hasattr(self.model, "add_model_tags"):
-            self.model.add_model_tags(self._tag_names)
+        self._init_base()
 
     # ------------------------------------------------------------------------------------------------ teacher
     @staticmethod
@@ -489,26 +490,15 @@ class SALTTrainer(AtomicCheckpointMixin, Trainer):
     # ------------------------------------------------------------------------------------------------ logging
     def _record(self, out: KDLossOutput, omega: float) -> None:
         """Accumulate this micro-batch's sums on the device (no host sync)."""
-        ce = out.ce_sum.float()
-        zero = torch.zeros((), device=ce.device)
-        n = out.num_tokens.to(ce.device, torch.float32)
-        kd = out.kd_sum.float() if out.kd_sum is not None else zero
-        tce = out.teacher_ce_sum.float() if out.teacher_ce_sum is not None else zero
-        row = torch.stack(
-            [
-                ce,
-                n,
-                kd,
-                n if out.kd_sum is not None else zero,
-                tce,
-                n if out.teacher_ce_sum is not None else zero,
-            ]
-        )
-        self._acc = row if self._acc is None else self._acc + row
+        n = out.num_tokens
+        self._metrics.add("loss_ce", out.ce_sum, n)
+        if out.kd_sum is not None:
+            self._metrics.add("loss_kd", out.kd_sum, n)
+        if out.teacher_ce_sum is not None:
+            self._metrics.add("teacher_ce", out.teacher_ce_sum, n)
         step = self.state.global_step
-        if step != self._omega_last_step:
-            self._omega_sum += omega
-            self._omega_count += 1
+        if step != self._omega_last_step:  # omega once per optimizer step
+            self._metrics.add("kd_weight", omega)
             self._omega_last_step = step
         if out.teacher_ce_sum is not None:
             # A flag tensor instead of a check here: `.item()` would sync the host with the device every
@@ -516,7 +506,7 @@ class SALTTrainer(AtomicCheckpointMixin, Trainer):
             # but it still names the first bad step.
             bad = ~torch.isfinite(out.teacher_ce_sum)
             if self._bad_step is None:
-                self._bad_step = torch.full((), -1, dtype=torch.long, device=ce.device)
+                self._bad_step = torch.full((), -1, dtype=torch.long, device=out.teacher_ce_sum.device)
             self._bad_step = torch.where(bad & (self._bad_step < 0), step + 1, self._bad_step)
 
     def _check_teacher_finite(self) -> None:
@@ -530,25 +520,14 @@ class SALTTrainer(AtomicCheckpointMixin, Trainer):
                 )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add loss_ce, loss_kd, kd_weight and teacher_ce, averaged over the logging window and all ranks."""
+        """Training logs get loss_ce, loss_kd, teacher_ce (token means) and kd_weight (mean over steps), over the
+        logging window and all ranks; a non-finite teacher raises first."""
         self._check_teacher_finite()
-        if "loss" in logs and self._acc is not None:
-            acc = self._acc
-            if self.args.world_size > 1:
-                acc = self.accelerator.reduce(acc, reduction="sum")
-            ce, n, kd, n_kd, tce, n_tce = acc.tolist()
-            self._acc = None
-            if n > 0:
-                logs["loss_ce"] = ce / n
-            if n_kd > 0:
-                logs["loss_kd"] = kd / n_kd
-            if n_tce > 0:
-                logs["teacher_ce"] = tce / n_tce
-            if self._omega_count:
-                logs["kd_weight"] = self._omega_sum / self._omega_count
-            self._omega_sum, self._omega_count = 0.0, 0
-            logs.update(self.kd_callback.observe_window(self.state.global_step, logs))
         super().log(logs, start_time)
+
+    def _add_to_training_log(self, logs: dict[str, float]) -> None:
+        """kd_schedule='auto' judges each logging window from the merged loss_ce / teacher_ce."""
+        logs.update(self.kd_callback.observe_window(self.state.global_step, logs))
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         self._check_teacher_finite()  # never save a checkpoint trained on a broken teacher
@@ -579,16 +558,9 @@ class SALTTrainer(AtomicCheckpointMixin, Trainer):
         return super()._get_train_sampler(train_dataset)
 
     # ------------------------------------------------------------------------------------------------ hub
-    def create_model_card(
-        self,
-        model_name: str | None = None,
-        dataset_name: str | list[str] | None = None,
-        tags: str | list[str] | None = None,
-        **kwargs: Any,
-    ) -> str:
-        """Write README.md with the SALT settings (teacher, n_KD, schedule, omega, tau, divergence)."""
-        from hf_salt.model_card import write_model_card
-
+    def method_info(self) -> dict[str, Any]:
+        """The SALT settings for the card (teacher, n_KD, schedule, omega, tau, divergence), plus SALT_DS's
+        selection when the KD stage read a teacher-selected pool."""
         args = self.args
         teacher = args.teacher_model_name_or_path
         if teacher is None and self.teacher_model is not None:
@@ -607,17 +579,11 @@ class SALTTrainer(AtomicCheckpointMixin, Trainer):
             info["kd_decay_start"] = args.kd_decay_start
         if self.kd_callback.auto is not None:
             info["kd_auto_switch"] = self.kd_callback.auto.describe()
-        method = "salt"
-        selection = getattr(getattr(self.data_collator, "selected_dataset", None), "salt_ds_selection", None)
-        if selection is not None:  # SALT_DS: the KD stage read a teacher-selected pool
-            method = "salt+salt_ds"
-            info.update(selection)
-        return write_model_card(
-            self,
-            method=method,
-            method_info=info,
-            model_name=model_name,
-            dataset_name=dataset_name,
-            tags=tags,
-            **kwargs,
-        )
+        info.update(self._salt_ds_selection() or {})
+        return info
+
+    def card_method(self) -> str:
+        return "salt+salt_ds" if self._salt_ds_selection() is not None else "salt"
+
+    def _salt_ds_selection(self) -> dict[str, Any] | None:
+        return getattr(getattr(self.data_collator, "selected_dataset", None), "salt_ds_selection", None)

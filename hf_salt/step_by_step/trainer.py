@@ -21,17 +21,16 @@ from datasets import Dataset
 from torch import nn
 from transformers import EvalPrediction, PreTrainedModel, Seq2SeqTrainer
 
-from hf_salt.checkpoints import AtomicCheckpointMixin
 from hf_salt.step_by_step.collator import IGNORE_INDEX, RAW_COLUMNS, StepByStepCollator
 from hf_salt.step_by_step.config import StepByStepConfig
+from hf_salt.trainer_base import TrainerBase, paper
 
 logger = logging.getLogger(__name__)
 
 MODEL_TAGS = ["hf-salt", "distilling-step-by-step"]
-_TASKS = ("label", "rationale")
 
 
-class StepByStepTrainer(AtomicCheckpointMixin, Seq2SeqTrainer):
+class StepByStepTrainer(TrainerBase, Seq2SeqTrainer):
     """Seq2SeqTrainer for distilling step-by-step; see the module docstring.
 
     Args are those of `Seq2SeqTrainer` plus `peft_config` (a PEFT config applied with
@@ -42,7 +41,11 @@ class StepByStepTrainer(AtomicCheckpointMixin, Seq2SeqTrainer):
 
     # compute_loss divides by the token counts of the whole optimizer step: never divide again by GA
     loss_is_scaled_for_ga = True
+    _name = "Distilling step-by-step"
+    _method = "step_by_step"
     _tag_names = MODEL_TAGS
+    _paper = paper("step_by_step")
+    _metric_names = ("loss_label", "loss_rationale")
 
     def __init__(
         self,
@@ -73,8 +76,6 @@ class StepByStepTrainer(AtomicCheckpointMixin, Seq2SeqTrainer):
             from hf_salt.peft_utils import apply_peft
 
             model = apply_peft(model, peft_config, args=args, reads_output_layer=False)
-        if hasattr(model, "add_model_tags"):
-            model.add_model_tags(MODEL_TAGS)
         self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
         self.collator_stats: dict[str, int] = {}
         train_dataset = self._tokenize(train_dataset, data_collator, train=True)
@@ -96,8 +97,8 @@ class StepByStepTrainer(AtomicCheckpointMixin, Seq2SeqTrainer):
         )
         forward = inspect.signature(self.accelerator.unwrap_model(self.model).forward).parameters
         self._accepts_logits_to_keep = "logits_to_keep" in forward
-        self._loss_buffer: dict[str, list[torch.Tensor]] = {t: [] for t in _TASKS}
-        self._buffer_steps: set[int] = set()
+        self._last_logged_step = -1
+        self._init_base()
 
     # ------------------------------------------------------------------ data
     def _tokenize(
@@ -227,26 +228,24 @@ class StepByStepTrainer(AtomicCheckpointMixin, Seq2SeqTrainer):
         loss_rationale = rationale_sum / counts[1]
         loss = (loss_label + self.args.rationale_weight * loss_rationale) * scale
         if training:
-            self._loss_buffer["label"].append(loss_label.detach())
-            self._loss_buffer["rationale"].append(loss_rationale.detach())
-            self._buffer_steps.add(self.state.global_step)
+            self._record(loss_label, loss_rationale, step_counts=scale > 1)
         return (loss, outputs) if return_outputs else loss
 
     # ------------------------------------------------------------------ logging
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add `loss_label` / `loss_rationale`, token-normalised means over the logged steps (one sync)."""
-        if "loss" in logs and self._buffer_steps and self._loss_buffer["label"]:
-            sums = torch.stack([torch.stack(self._loss_buffer[t]).sum() for t in _TASKS])
-            if self.args.world_size > 1:
-                # with step-global counts each rank holds a share of the mean; else each rank its own mean
-                how = "sum" if self.args.average_tokens_across_devices else "mean"
-                sums = self.accelerator.reduce(sums, reduction=how)
-            values = (sums / len(self._buffer_steps)).tolist()
-            logs["loss_label"] = round(values[0], 4)
-            logs["loss_rationale"] = round(values[1], 4)
-            self._loss_buffer = {t: [] for t in _TASKS}
-            self._buffer_steps = set()
-        super().log(logs, start_time)
+    def _record(self, loss_label: torch.Tensor, loss_rationale: torch.Tensor, *, step_counts: bool) -> None:
+        """Buffer the task losses; the log shows their means over the logged optimizer steps (and ranks).
+
+        Each micro-batch's loss is its share of the step's loss, so the values add up within a step and the
+        weight counts steps. With step-global token counts (``step_counts``) each rank holds a share of the
+        global step loss: ranks add up too, so each rank weighs a step 1/world; otherwise each rank has its own
+        mean and the ranks are averaged."""
+        step = self.state.global_step
+        weight = 0.0
+        if step != self._last_logged_step:
+            weight = 1.0 / self.accelerator.num_processes if step_counts else 1.0
+            self._last_logged_step = step
+        self._metrics.add("loss_label", loss_label, weight)
+        self._metrics.add("loss_rationale", loss_rationale, weight)
 
     # ------------------------------------------------------------------ evaluation (label task only)
     def prediction_step(
@@ -309,18 +308,9 @@ class StepByStepTrainer(AtomicCheckpointMixin, Seq2SeqTrainer):
         )
 
     # ------------------------------------------------------------------ model card
-    def create_model_card(
-        self,
-        model_name: str | None = None,
-        dataset_name: str | None = None,
-        tags: str | list[str] | None = None,
-        **kwargs: Any,
-    ) -> str:
-        """Write the hf-salt model card (method, lambda, prefixes, data counts) to output_dir/README.md."""
-        from hf_salt.model_card import write_model_card
-
-        tag_list = [tags] if isinstance(tags, str) else list(tags or [])
-        method_info = {
+    def method_info(self) -> dict[str, Any]:
+        """The card's method settings: lambda, prefixes, label source, architecture, data counts."""
+        return {
             "rationale_weight": self.args.rationale_weight,
             "label_prefix": self.args.label_prefix,
             "rationale_prefix": self.args.rationale_prefix,
@@ -328,17 +318,8 @@ class StepByStepTrainer(AtomicCheckpointMixin, Seq2SeqTrainer):
             "architecture": "encoder-decoder" if self.is_encoder_decoder else "decoder-only",
             "label_metric": self.args.label_metric,
             "data_stats": dict(self.collator_stats),
-            "paper": "Hsieh et al. 2023, Distilling Step-by-Step!, arXiv 2305.02301",
+            "paper": self._paper["title"],
         }
-        return write_model_card(
-            self,
-            method="step_by_step",
-            method_info=method_info,
-            model_name=model_name,
-            dataset_name=dataset_name,
-            tags=sorted(set(tag_list) | set(MODEL_TAGS)),
-            **kwargs,
-        )
 
 
 def _report(collator: StepByStepCollator, stats: Any) -> str:
