@@ -12,6 +12,8 @@ import torch
 import transformers as T
 
 from hf_salt import hypercloning as hc
+from hf_salt.hypercloning import engine
+from hf_salt.hypercloning.engine import RESIDUAL_OUT
 
 ATOL = 1e-5
 VOCAB = 64
@@ -134,9 +136,14 @@ def _clone(model: T.PreTrainedModel, *args, **kwargs) -> T.PreTrainedModel:
         return hc.clone(model, *args, **kwargs)
 
 
-def test_every_supported_family_is_tested() -> None:
-    tested = {FAMILIES[name]().model_type for name in FAMILIES}
-    assert tested == set(hc.supported_model_types())
+def _sizes(config: T.PretrainedConfig) -> tuple[int, int, int, int, int]:
+    """(hidden, ffn, heads, kv heads, head_dim) under any family's field names."""
+    f = config.to_dict()
+    hidden = f.get("hidden_size") or f["n_embd"]
+    ffn = f.get("intermediate_size") or f.get("ffn_dim") or f.get("n_inner") or 4 * hidden
+    heads = f.get("num_attention_heads") or f["n_head"]
+    kv = f.get("num_key_value_heads") or heads
+    return hidden, ffn, heads, kv, f.get("head_dim") or hidden // heads
 
 
 @pytest.mark.parametrize("n, m, snr", [(2, None, None), (2, 3, 10.0), (3, 1, None), (4, 2, 10.0)])
@@ -145,9 +152,14 @@ def test_clone_is_exact(name: str, n: int, m: int | None, snr: float | None) -> 
     src = _source(name)
     big = _clone(src, n, m, snr_db=snr)
     assert type(big) is type(src)
-    s, b = hc.get_adapter(src.config).shape(src.config), hc.get_adapter(big.config).shape(big.config)
-    assert (b.hidden, b.ffn, b.heads, b.head_dim) == (s.hidden * n, s.ffn * (m or n), s.heads * n, s.head_dim)
-    assert b.kv_heads == (1 if s.kv_heads == 1 and s.heads > 1 else s.kv_heads * n)
+    hidden, ffn, heads, kv, head_dim = _sizes(src.config)
+    assert _sizes(big.config)[:3] + _sizes(big.config)[4:] == (
+        hidden * n,
+        ffn * (m or n),
+        heads * n,
+        head_dim,
+    )
+    assert _sizes(big.config)[3] == (1 if kv == 1 and heads > 1 else kv * n)
     assert big.config.tie_word_embeddings == src.config.tie_word_embeddings
     if big.config.tie_word_embeddings:
         assert big.get_output_embeddings().weight is big.get_input_embeddings().weight
@@ -217,7 +229,7 @@ def test_clone_owns_its_memory() -> None:
 
 def test_bf16_clone_reports_its_difference() -> None:
     src = _source("llama3-gqa-rope-scaling")
-    big = _clone(src, 2, torch_dtype=torch.bfloat16)
+    big = _clone(src, 2, dtype=torch.bfloat16)
     assert {p.dtype for p in big.parameters()} == {torch.bfloat16}
     assert big.config.dtype == torch.bfloat16
     diff = hc.verify(src, big)
@@ -280,13 +292,13 @@ def test_symmetry_warning() -> None:
 )
 def test_depth_growth_is_exact_and_composes_with_width(name: str, mode: str, tmp_path) -> None:
     src = _source(name)
-    adapter = hc.get_adapter(src.config)
-    n_layers = getattr(src.config, adapter.num_layers_key)
+    key = "n_layer" if "n_layer" in src.config.to_dict() else "num_hidden_layers"
+    n_layers = getattr(src.config, key)
     deep = hc.grow_depth(src, 2, depth_mode=mode)
-    assert getattr(deep.config, adapter.num_layers_key) == 2 * n_layers
+    assert getattr(deep.config, key) == 2 * n_layers
     assert hc.verify(src, deep) <= ATOL
     wide_deep = _clone(src, 2, 2, snr_db=10.0, depth_multiplier=3, depth_mode=mode)
-    assert getattr(wide_deep.config, adapter.num_layers_key) == 3 * n_layers
+    assert getattr(wide_deep.config, key) == 3 * n_layers
     assert hc.verify(src, wide_deep) <= ATOL
     types = getattr(src.config, "layer_types", None)
     if types:
@@ -295,10 +307,10 @@ def test_depth_growth_is_exact_and_composes_with_width(name: str, mode: str, tmp
     new_idx = 1 if mode == "interleave" else n_layers
     new_params = {}
     for k, v in wide_deep.state_dict().items():
-        match = re.match(adapter.layer_pattern, k)
+        match = re.match(r"^(.*\b(?:layers|h)\.)(\d+)\.(.*)$", k)
         if match and int(match.group(2)) == new_idx:
             new_params[match.group(3)] = v
-    zeroed = [k for k in new_params if any(re.search(r, k) for r in adapter.residual_outputs)]
+    zeroed = [k for k in new_params if RESIDUAL_OUT.search(k)]
     assert len(zeroed) >= 2 and all(torch.count_nonzero(new_params[k]) == 0 for k in zeroed)
     assert all(torch.count_nonzero(v) > 0 for k, v in new_params.items() if k not in zeroed)
     ptrs = [t.data_ptr() for t in wide_deep.state_dict().values()]
@@ -312,8 +324,9 @@ def test_depth_growth_refuses_post_norm_and_layer_index_scaling() -> None:
     post_norm = T.OPTConfig(
         hidden_size=16, ffn_dim=24, num_attention_heads=2, do_layer_norm_before=False, **_COMMON
     )
-    with pytest.raises(ValueError, match="do_layer_norm_before"):
+    with pytest.raises(hc.HyperCloningRefused, match="not the identity.*do_layer_norm_before") as err:
         hc.grow_depth(T.AutoModelForCausalLM.from_config(post_norm), 2)
+    assert err.value.reason == "not-pre-norm" and err.value.impossible
     cfg = T.GPT2Config(n_embd=16, n_head=2, n_layer=2, vocab_size=VOCAB, scale_attn_by_inverse_layer_idx=True)
     gpt2 = _randomise(T.AutoModelForCausalLM.from_config(cfg)).eval()
     with pytest.raises(ValueError, match="append"):
@@ -324,7 +337,7 @@ def test_depth_growth_refuses_post_norm_and_layer_index_scaling() -> None:
 # ---------------------------------------------------------------- bad input: clear errors before any work
 @pytest.mark.parametrize("bad", [0, -2, 1.5, "2", True, None])
 def test_bad_multipliers(bad, monkeypatch) -> None:
-    monkeypatch.setattr(hc.core, "_empty_model", lambda *a: pytest.fail("allocated before validating"))
+    monkeypatch.setattr(engine, "assign_all", lambda *a, **k: pytest.fail("allocated before validating"))
     src = _source("llama3-gqa-rope-scaling")
     with pytest.raises(ValueError, match="positive integer"):
         hc.clone(src, bad)
@@ -338,16 +351,17 @@ def test_bad_multipliers(bad, monkeypatch) -> None:
             hc.from_pretrained("/nonexistent/model/folder", bad)
 
 
-def test_unsupported_architecture() -> None:
+def test_alibi_is_refused_before_anything_is_built(monkeypatch) -> None:
+    monkeypatch.setattr(engine, "build_empty", lambda *a: pytest.fail("built before refusing"))
     cfg = T.BloomConfig(vocab_size=VOCAB, hidden_size=16, n_layer=1, n_head=2)
-    with pytest.raises(
-        NotImplementedError, match=r"(?s)bloom.*Supported families: .*llama.*register_adapter"
-    ):
+    with pytest.raises(hc.HyperCloningRefused, match=r"(?s)alibi.*impossible.*slope") as err:
         hc.clone(T.AutoModelForCausalLM.from_config(cfg), 2)
+    assert err.value.reason == "alibi" and err.value.impossible
+    assert isinstance(err.value, NotImplementedError)
 
 
 def test_head_layout_that_cannot_grow(monkeypatch) -> None:
-    monkeypatch.setattr(hc.core, "_empty_model", lambda *a: pytest.fail("allocated before validating"))
+    monkeypatch.setattr(engine, "assign_all", lambda *a, **k: pytest.fail("allocated before validating"))
     model = _source("llama3-gqa-rope-scaling")
     bad = model.config.__class__.from_dict(model.config.to_dict())
     bad.num_key_value_heads = 3  # 4 query heads cannot share 3 kv heads
@@ -356,18 +370,19 @@ def test_head_layout_that_cannot_grow(monkeypatch) -> None:
         hc.clone(model, 2)
 
 
-def test_unknown_parameter_layout(monkeypatch) -> None:
-    monkeypatch.setattr(hc.core, "_empty_model", lambda *a: pytest.fail("allocated before validating"))
+def test_weights_that_do_not_match_their_config(monkeypatch) -> None:
+    monkeypatch.setattr(engine, "assign_all", lambda *a, **k: pytest.fail("allocated before validating"))
     model = _source("llama3-gqa-rope-scaling")
     cfg = model.config.__class__.from_dict(model.config.to_dict())
     cfg.intermediate_size = 40  # config disagrees with the weights
     monkeypatch.setattr(model, "config", cfg)
-    with pytest.raises(NotImplementedError, match="down_proj|up_proj|gate_proj"):
+    with pytest.raises(hc.HyperCloningRefused, match="down_proj|up_proj|gate_proj") as err:
         hc.clone(model, 2)
+    assert err.value.reason == "layout" and not err.value.impossible
 
 
 def test_quantized_and_meta_models(monkeypatch) -> None:
-    monkeypatch.setattr(hc.core, "_empty_model", lambda *a: pytest.fail("allocated before validating"))
+    monkeypatch.setattr(engine, "assign_all", lambda *a, **k: pytest.fail("allocated before validating"))
     cfg = FAMILIES["llama3-gqa-rope-scaling"]()
     with torch.device("meta"):
         meta = T.AutoModelForCausalLM.from_config(cfg)
@@ -416,3 +431,55 @@ def test_from_pretrained_accepts_a_folder_or_a_model(tmp_path) -> None:
         big = hc.from_pretrained(source, 2, 3, snr_db=10.0)
         assert type(big) is type(src) and big.config.intermediate_size == 3 * src.config.intermediate_size
         assert hc.verify(src, big) <= ATOL
+
+
+# ---------------------------------------------------------------- API details
+def test_dtype_argument_and_its_deprecated_alias() -> None:
+    src = _source("llama3-gqa-rope-scaling")
+    big = _clone(src, 2, dtype="bfloat16")
+    assert {p.dtype for p in big.parameters()} == {torch.bfloat16}
+    with pytest.warns(FutureWarning, match="torch_dtype= is deprecated; pass dtype="):
+        old = hc.clone(src, 2, snr_db=10.0, torch_dtype=torch.bfloat16)
+    assert {p.dtype for p in old.parameters()} == {torch.bfloat16}
+    with pytest.raises(ValueError, match="not both"):
+        hc.clone(src, 2, snr_db=10.0, dtype=torch.float32, torch_dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("snr", [-30.0, -0.5, float("nan"), float("inf")])
+def test_negative_or_non_finite_snr_is_refused_before_work(snr: float, monkeypatch) -> None:
+    monkeypatch.setattr(engine, "build_empty", lambda *a: pytest.fail("built before validating"))
+    with pytest.raises(ValueError, match="snr_db"):
+        hc.clone(_source("llama3-gqa-rope-scaling"), 2, snr_db=snr)
+    with pytest.raises(ValueError, match="snr_db"):
+        hc.from_pretrained("/nonexistent/model/folder", 2, snr_db=snr)
+
+
+def test_from_pretrained_says_no_such_folder(tmp_path) -> None:
+    for missing in (tmp_path / "nope", str(tmp_path / "a" / "b"), "./not-here/model"):
+        with pytest.raises(FileNotFoundError, match="no such folder"):
+            hc.from_pretrained(missing, 2, snr_db=10.0)
+
+
+def test_verification_refuses_a_wrong_clone_naming_the_module(monkeypatch) -> None:
+    """An engine mistake (here: a layout forced wrong and no alternative) is a refusal, never a silent clone."""
+    from hf_salt.hypercloning import layout as layout_mod
+
+    real = layout_mod.grow_tensor
+
+    def broken(src, dst_shape, choice, **kw):  # mlp.down_proj loses its division: 2x too large
+        out = real(src, dst_shape, choice, **kw)
+        return out * 2 if tuple(src.shape) == (32, 48) else out
+
+    monkeypatch.setattr(engine, "grow_tensor", broken)
+    with pytest.raises(hc.HyperCloningRefused, match=r"mismatch.*mlp") as err:
+        _clone(_source("llama3-gqa-rope-scaling"), 2)
+    assert err.value.reason == "mismatch"
+    unverified = _clone(_source("llama3-gqa-rope-scaling"), 2, verify=False)  # documented escape hatch
+    assert hc.verify(_source("llama3-gqa-rope-scaling"), unverified) > 1e-2
+    assert unverified.config.hypercloning["verified"] is False
+
+
+def test_bad_tolerance_is_refused() -> None:
+    for bad in (-1, 0, float("nan"), float("inf"), "1e-4"):
+        with pytest.raises(ValueError, match="tolerance"):
+            hc.clone(_source("llama3-gqa-rope-scaling"), 2, snr_db=10.0, tolerance=bad)

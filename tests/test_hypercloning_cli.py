@@ -73,3 +73,49 @@ def test_grow_refuses_bad_input_without_writing(src_dir, tmp_path, capsys) -> No
     assert main(["grow", str(path), str(dst)]) == 2
     assert "not empty" in capsys.readouterr().err
     assert [p.name for p in dst.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--tolerance", "-1"], "tolerance must be a positive number"),
+        (["--snr-db", "-30"], "snr-db"),
+        (["--width-multiplier", "0"], "positive integer"),
+    ],
+)
+def test_grow_refuses_bad_numbers(src_dir, tmp_path, capsys, flags, message, monkeypatch) -> None:
+    import hf_salt.hypercloning.core as core
+
+    monkeypatch.setattr(core, "load_source", lambda *a, **k: pytest.fail("loaded before validating"))
+    path, _ = src_dir
+    assert main(["grow", str(path), str(tmp_path / "out"), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_grow_missing_source_says_no_such_folder(tmp_path, capsys) -> None:
+    assert main(["grow", str(tmp_path / "missing" / "model"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "no such folder" in err and "repo" not in err.lower()
+
+
+def test_grow_checks_the_output_folder_before_any_work(src_dir, tmp_path, capsys, monkeypatch) -> None:
+    import hf_salt.hypercloning.core as core
+
+    monkeypatch.setattr(core, "load_source", lambda *a, **k: pytest.fail("loaded before checking DST"))
+    path, _ = src_dir
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert main(["grow", str(path), str(blocker / "grown")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert main(["grow", str(path), str(blocker)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not __import__("os").access(locked, __import__("os").W_OK):  # root ignores permissions
+            assert main(["grow", str(path), str(locked / "grown")]) == 2
+            assert "no write permission" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o700)

@@ -71,23 +71,42 @@ class GrowArguments:
     overwrite: bool = field(default=False, metadata={"help": "Replace DST if it exists."})
 
     def __post_init__(self) -> None:
-        for name in ("width_multiplier", "depth_multiplier") + (
-            ("ffn_multiplier",) if self.ffn_multiplier else ()
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}.")
-        if self.depth_mode not in ("interleave", "append"):
-            raise ValueError("--depth_mode must be interleave or append.")
+        from hf_salt.hypercloning.validation import check_grow_args, check_output_folder, check_source_folder
+
+        try:
+            check_grow_args(
+                self.width_multiplier,
+                self.ffn_multiplier,
+                self.depth_multiplier,
+                self.snr_db,
+                self.depth_mode,
+                self.tolerance,
+            )
+        except ValueError as err:  # the API's messages, with the flag spelling of the command line
+            raise ValueError(
+                "--" + str(err).replace("_", "-", 1) if str(err)[:1].islower() else str(err)
+            ) from err
         if self.dtype not in _DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(_DTYPES)}.")
-        dst = Path(self.dst)
-        if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not self.overwrite:
-            raise ValueError(f"{self.dst} exists and is not empty; choose another DST or pass --overwrite.")
+        if not self._is_preset():
+            check_source_folder(self.src)
+        check_output_folder(self.dst, self.overwrite)  # before any loading or growing
+
+    def _is_preset(self) -> bool:
+        if Path(self.src).exists():
+            return False
+        try:
+            from hf_salt import zoo
+        except ImportError:
+            return False
+        return self.src in zoo.PRESETS
 
 
 def _load_source(src: str) -> tuple[Any, Any]:
     """Model and (if any) tokenizer: a folder or hub id via the Auto classes, else a zoo preset."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from hf_salt.hypercloning.core import load_source
 
     if not Path(src).exists():
         try:
@@ -96,7 +115,7 @@ def _load_source(src: str) -> tuple[Any, Any]:
             zoo = None  # type: ignore[assignment]
         if zoo is not None and src in zoo.PRESETS:
             return zoo.build_model(src, seed=0, attn_implementation="eager"), None
-    model = AutoModelForCausalLM.from_pretrained(src, dtype="auto")
+    model = load_source(src)
     try:
         tokenizer = AutoTokenizer.from_pretrained(src)
     except Exception:  # a model folder without tokenizer files is fine
@@ -109,6 +128,7 @@ def run(args: GrowArguments) -> int:
 
     model, tokenizer = _load_source(args.src)
     model.eval()
+    exact_dtype = next(model.parameters()).dtype == torch.float32
     try:
         grown = clone(
             model,
@@ -116,11 +136,13 @@ def run(args: GrowArguments) -> int:
             args.ffn_multiplier,
             args.snr_db,
             tie_word_embeddings=False if args.untie_word_embeddings else None,
-            torch_dtype=_DTYPES[args.dtype],
+            dtype=_DTYPES[args.dtype],
             depth_multiplier=args.depth_multiplier,
             depth_mode=args.depth_mode,  # type: ignore[arg-type]
             seed=args.seed,
             progress=True,
+            verify=args.verify,
+            tolerance=args.tolerance if exact_dtype else None,
         )
     except (ValueError, NotImplementedError) as err:
         print(f"hf-salt grow: error: {err}", file=sys.stderr)

@@ -1,40 +1,29 @@
 """HyperCloning: grow a trained causal LM into a wider (and optionally deeper) one, same function.
 
 Reference: Samragh et al., "Scaling Smart: Accelerating Large Language Model Pre-training with Small
-Model Initialization", arXiv 2409.12903 (2024). Our own implementation: it works from the config and the
-state dict (never from attention-module attributes), builds the destination with empty weights and
-assigns the grown tensors, so peak memory is source + destination.
+Model Initialization", arXiv 2409.12903 (2024). Our own implementation: the growth is read off the model
+(config width fields, module types, parameter shapes, a traced forward where shapes are ambiguous; see
+``engine.py``), the destination is built with empty weights and each grown tensor is written once, so peak
+memory is source + destination. Every clone is checked by a traced forward unless ``verify=False``.
 """
 
 from __future__ import annotations
 
 import copy
-import math
-import numbers
 import os
-import re
 import warnings
 from typing import Any, Literal
 
 import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-from .adapters import Adapter, Shape, get_adapter
-from .rules import apply_rule
+from . import engine
+from .probe import probe_inputs, trace
+from .refusals import HyperCloningRefused
+from .validation import check_grow_args, check_source_folder, check_tolerance
 
 DepthMode = Literal["interleave", "append"]
-
-
-# ---------------------------------------------------------------- validation (before any allocation)
-def _check_multiplier(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
-        if isinstance(value, float) and value.is_integer() and value >= 1:
-            return int(value)
-        raise ValueError(
-            f"{name} must be a positive integer (HyperCloning repeats every vector an integer number of times), "
-            f"got {value!r}. Fractional growth cannot preserve the function exactly."
-        )
-    return int(value)
+_ALIBI_TYPES = frozenset({"bloom"})  # families whose attention is always ALiBi (no config switch)
 
 
 def _check_model(model: Any) -> None:
@@ -54,24 +43,32 @@ def _check_model(model: Any) -> None:
                 f"Parameter {name} is on the meta device (no data). Load the model with real weights "
                 "(no device_map='meta' / init_empty_weights, no disk offload) before cloning."
             )
-        if not p.is_floating_point():
-            raise ValueError(
-                f"Parameter {name} has dtype {p.dtype}; HyperCloning needs floating-point weights."
+
+
+def _check_heads(config: PretrainedConfig) -> None:
+    """Refuse what no tiling can keep, before anything is allocated."""
+    for c in {id(c): c for c in (config, engine.text_config(config), *vars(config).values())}.values():
+        if not isinstance(c, PretrainedConfig):
+            continue
+        f = vars(c)
+        if (
+            c.model_type in _ALIBI_TYPES
+            or f.get("alibi") is True
+            or f.get("use_alibi") is True
+            or (f.get("position_embedding_type") == "alibi")
+        ):
+            raise HyperCloningRefused(
+                "alibi",
+                f"{config.model_type} uses ALiBi: each head's position-bias slope is computed from the number of "
+                "heads, so the grown model's heads would see different slopes than the copies they are made of.",
             )
-
-
-def _check_heads(adapter: Adapter, s: Shape) -> None:
-    """Refuse layouts that cannot grow by adding heads of the same size."""
-    if s.heads < 1 or s.kv_heads < 1 or s.heads % s.kv_heads:
-        raise ValueError(
-            f"Head layout {s.heads} query heads / {s.kv_heads} kv heads cannot be grown exactly: the number of "
-            "query heads must be a multiple of the number of kv heads."
-        )
-    if adapter.family in ("gpt2", "gpt_neox", "opt") and s.hidden % s.heads:
-        raise ValueError(
-            f"hidden size {s.hidden} is not divisible by {s.heads} heads, so head_dim is not an integer and "
-            "cannot be kept when the model grows."
-        )
+        heads = f.get("num_attention_heads")
+        kv = f.get("num_key_value_heads")
+        if isinstance(heads, int) and isinstance(kv, int) and kv > 0 and heads % kv:
+            raise ValueError(
+                f"Head layout {heads} query heads / {kv} kv heads cannot be grown exactly: the number of "
+                "query heads must be a multiple of the number of kv heads."
+            )
 
 
 def _dropout_active(config: PretrainedConfig) -> bool:
@@ -82,122 +79,24 @@ def _dropout_active(config: PretrainedConfig) -> bool:
     return False
 
 
-def _plan_tie(
-    adapter: Adapter, model: PreTrainedModel, tie_word_embeddings: bool | None, sd: dict[str, torch.Tensor]
-) -> bool:
-    """Decide whether the clone ties its output head to the input embedding."""
-    src_tied = bool(getattr(model.config, "tie_word_embeddings", False))
-    out_emb = model.get_output_embeddings()
-    src_tied = src_tied and out_emb is not None and out_emb.weight is model.get_input_embeddings().weight
-    if tie_word_embeddings is None:
-        return src_tied
-    if tie_word_embeddings and not src_tied:
-        raise ValueError(
-            "tie_word_embeddings=True but the source model's output head is not tied to its input embedding: "
-            "tying them would change the function. Pass tie_word_embeddings=None or False."
-        )
-    return bool(tie_word_embeddings)
+def _resolve_dtype(dtype: Any, torch_dtype: Any, default: torch.dtype) -> torch.dtype:
+    if torch_dtype is not None:
+        warnings.warn("torch_dtype= is deprecated; pass dtype= instead.", FutureWarning, stacklevel=3)
+        if dtype is not None and dtype != torch_dtype:
+            raise ValueError("Pass dtype= only (torch_dtype= is its deprecated alias), not both.")
+        dtype = torch_dtype
+    if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"Unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'.")
+        dtype = getattr(torch, dtype)
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating-point torch dtype, got {dtype!r}.")
+    return dtype or default
 
 
-# ---------------------------------------------------------------- the grown state dict
-def _final_norm_names(adapter: Adapter, names: list[str]) -> list[str]:
-    return [k for k in names if adapter.final_norm and re.search(adapter.final_norm, k)]
-
-
-def _deepen(
-    sd: dict[str, torch.Tensor], adapter: Adapter, num_layers: int, k: int, mode: DepthMode
-) -> tuple[dict[str, torch.Tensor], list[int]]:
-    """Insert ``(k - 1) * L`` new blocks; each copies a source block with its residual outputs zeroed.
-
-    A pre-norm block computes ``x + f(norm(x))``; with the last projection of every branch (and its
-    bias) at zero, ``f == 0`` and the block is the identity, so the function is unchanged. Returns the new
-    state dict and, for each new layer index, the index of the source layer it came from.
-    """
-    if k == 1:
-        return sd, list(range(num_layers))
-    pattern = re.compile(adapter.layer_pattern)
-    origin: list[int] = []  # new index -> source index
-    fresh: list[bool] = []
-    for i in range(num_layers * k):
-        if mode == "interleave":
-            origin.append(i // k)
-            fresh.append(i % k != 0)
-        else:
-            origin.append(i % num_layers)
-            fresh.append(i >= num_layers)
-    by_layer: dict[int, list[tuple[str, str, torch.Tensor]]] = {}
-    out: dict[str, torch.Tensor] = {}
-    for name, t in sd.items():
-        match = pattern.match(name)
-        if match is None:
-            out[name] = t
-        else:
-            by_layer.setdefault(int(match.group(2)), []).append((match.group(1), match.group(3), t))
-    for new_i, (src_i, is_new) in enumerate(zip(origin, fresh)):
-        for prefix, rest, t in by_layer.get(src_i, []):
-            if not is_new:
-                out[f"{prefix}{new_i}.{rest}"] = t
-            elif any(re.search(r, rest) for r in adapter.residual_outputs):
-                out[f"{prefix}{new_i}.{rest}"] = torch.zeros_like(t)
-            else:
-                out[f"{prefix}{new_i}.{rest}"] = t.clone()
-    return out, origin
-
-
-def _grown_config(
-    model: PreTrainedModel,
-    adapter: Adapter,
-    shape: Shape,
-    n: int,
-    m: int,
-    depth: int,
-    depth_mode: DepthMode,
-    tie: bool,
-    dtype: torch.dtype,
-    snr_db: float | None,
-    final_norm_scale: float,
-) -> PretrainedConfig:
-    config = copy.deepcopy(model.config)
-    adapter.set_sizes(config, shape, n, m)
-    config.tie_word_embeddings = tie
-    if depth > 1:
-        num_layers = getattr(model.config, adapter.num_layers_key)
-        setattr(config, adapter.num_layers_key, num_layers * depth)
-        layer_types = getattr(config, "layer_types", None)
-        if isinstance(layer_types, list):
-            if depth_mode == "interleave":
-                config.layer_types = [t for t in layer_types for _ in range(depth)]
-            else:
-                config.layer_types = list(layer_types) * depth
-        if hasattr(config, "max_window_layers") and getattr(config, "max_window_layers", None):
-            config.max_window_layers = config.max_window_layers * depth
-    config.dtype = dtype
-    source_name = getattr(model.config, "_name_or_path", "") or type(model).__name__
-    suffix = f"hypercloned-{n}x" + (f"-ffn{m}x" if m != n else "") + (f"-depth{depth}x" if depth > 1 else "")
-    config._name_or_path = f"{source_name}-{suffix}"
-    # provenance (saved in config.json, ignored by transformers); verify() reads final_norm_scale
-    config.hypercloning = {
-        "source": source_name,
-        "width_multiplier": n,
-        "ffn_multiplier": m,
-        "depth_multiplier": depth,
-        "depth_mode": depth_mode,
-        "snr_db": snr_db,
-        "final_norm_scale": final_norm_scale,
-        "paper": "arXiv:2409.12903",
-    }
-    return config
-
-
-def _empty_model(cls: type[PreTrainedModel], config: PretrainedConfig, dtype: torch.dtype) -> PreTrainedModel:
-    """Build ``cls(config)`` with parameters on the meta device and real buffers (RoPE, Gemma scale).
-
-    Buffers are computed from the *new* config (Gemma's ``embed_scale`` becomes ``sqrt(n d)``).
-    """
-    from accelerate import init_empty_weights
-
-    with init_empty_weights(include_buffers=False):
-        return cls._from_config(config, dtype=dtype)
+def _source_tie(model: PreTrainedModel) -> bool:
+    out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
+    return out_emb is not None and in_emb is not None and out_emb.weight is in_emb.weight
 
 
 def clone(
@@ -207,78 +106,44 @@ def clone(
     snr_db: float | None = None,
     *,
     tie_word_embeddings: bool | None = None,
-    torch_dtype: torch.dtype | str | None = None,
+    dtype: torch.dtype | str | None = None,
     depth_multiplier: int = 1,
     depth_mode: DepthMode = "interleave",
     seed: int = 0,
     progress: bool = False,
     warn_symmetry: bool = True,
+    verify: bool = True,
+    tolerance: float | None = None,
+    torch_dtype: torch.dtype | str | None = None,
 ) -> PreTrainedModel:
     """Grow ``model`` into the same class with ``width_multiplier`` x hidden size and heads (same head_dim).
 
-    ``ffn_multiplier`` (default: ``width_multiplier``) grows the MLP width; ``depth_multiplier`` adds
+    ``ffn_multiplier`` (default: ``width_multiplier``) grows the MLP and expert widths; ``depth_multiplier`` adds
     identity blocks (zeroed output projections) after every block (``interleave``) or on top (``append``).
     ``snr_db`` adds function-preserving +/- noise pairs that let training break the copies' symmetry.
-    ``tie_word_embeddings``: None keeps the source's tying (a tied head is kept exact by rescaling the final
-    norm), False unties. ``torch_dtype``: destination dtype (default: the source's); grown in fp32, cast once.
-    The clone computes the source's function: in fp32 its logits match to ~1e-6.
+    ``tie_word_embeddings``: None keeps the source's tying (a tied head stays exact by rescaling the final
+    norm), False unties. ``dtype``: destination dtype (default: the source's; ``torch_dtype`` is a deprecated
+    alias). ``verify`` (default on): a traced forward of source and clone on 2 x 8 tokens must agree within
+    ``tolerance`` (1e-4 relative in float32, 5e-2 in 16-bit), else :class:`HyperCloningRefused` names the first
+    module whose output diverged; ``verify=False`` skips it for very large models.
     """
-    n = _check_multiplier("width_multiplier", width_multiplier)
-    m = _check_multiplier("ffn_multiplier", n if ffn_multiplier is None else ffn_multiplier)
-    depth = _check_multiplier("depth_multiplier", depth_multiplier)
-    if depth_mode not in ("interleave", "append"):
-        raise ValueError(f"depth_mode must be 'interleave' or 'append', got {depth_mode!r}.")
-    if snr_db is not None and (not isinstance(snr_db, numbers.Real) or not math.isfinite(snr_db)):
-        raise ValueError(f"snr_db must be a finite number of decibels (e.g. 10) or None, got {snr_db!r}.")
+    n, m, depth, snr_db = check_grow_args(
+        width_multiplier, ffn_multiplier, depth_multiplier, snr_db, depth_mode, tolerance
+    )
     _check_model(model)
-    adapter = get_adapter(model.config)
-    shape = adapter.shape(model.config)
-    _check_heads(adapter, shape)
-    if depth > 1 and adapter.check_depth is not None:
-        adapter.check_depth(model.config, depth_mode)
-    if isinstance(torch_dtype, str):
-        torch_dtype = getattr(torch, torch_dtype)
-    sd = model.state_dict()
-    first = next(iter(sd.values()))
-    dtype = torch_dtype or first.dtype
-    sizes = adapter.sizes(shape, n, m)
-
-    # ---- plan every tensor before allocating anything: unknown names / shapes fail here
-    rules = {}
-    for name, t in sd.items():
-        rule = adapter.rule_for(name)
-        expected = rule.source_shape(sizes) if rule is not None else None
-        if rule is None or (expected is not None and tuple(t.shape) != expected):
-            why = (
-                "no rule matches it"
-                if rule is None
-                else f"shape {tuple(t.shape)} but the rule expects {expected}"
-            )
-            raise NotImplementedError(
-                f"The {adapter.family} adapter cannot grow parameter {name!r}: {why}. This checkpoint has a "
-                "layout the adapter does not know; extend the adapter's rules (docs/hypercloning.md)."
-            )
-        rules[name] = rule
-    tie = _plan_tie(adapter, model, tie_word_embeddings, sd)
-    emb_name = next(k for k, r in rules.items() if r.kind == "embedding" and r.out == "V")
-    head_name = next((k for k, r in rules.items() if r.kind == "head"), None)
-    emb_rule = rules[emb_name]
-    emb_scale = 1.0 / math.sqrt(n) if adapter.sqrt_embed_scale else 1.0
-    in_rep = sizes[emb_rule.inp][1]  # type: ignore[index]
-    # a tied head reads tile(E) * emb_scale but needs tile(E) / in_rep: rescale the final norm instead
-    final_norm_scale = 1.0 / (in_rep * emb_scale) if tie else 1.0
-    norm_names = _final_norm_names(adapter, list(sd))
-    if tie and abs(final_norm_scale - 1.0) > 1e-12 and not norm_names:
-        if tie_word_embeddings:
-            raise ValueError(
-                "This model has no affine final norm before its tied output head, so a tied clone cannot be "
-                "exact. Pass tie_word_embeddings=False (or None) to untie the clone's head."
-            )
-        warnings.warn(
-            "No affine final norm before the tied head: the clone's head is untied to stay exact.",
-            stacklevel=2,
+    src_dtype = next(model.parameters()).dtype
+    out_dtype = _resolve_dtype(dtype, torch_dtype, src_dtype)
+    if tie_word_embeddings is not None and not isinstance(tie_word_embeddings, bool):
+        raise ValueError(f"tie_word_embeddings must be None, True or False, got {tie_word_embeddings!r}.")
+    _check_heads(model.config)
+    src_tied = _source_tie(model)
+    if tie_word_embeddings and not src_tied:
+        raise ValueError(
+            "tie_word_embeddings=True but the source model's output head is not tied to its input embedding: "
+            "tying them would change the function. Pass tie_word_embeddings=None or False."
         )
-        tie, final_norm_scale = False, 1.0
+    keep_tie = src_tied and tie_word_embeddings is not False
+    tol = check_tolerance(tolerance) or (1e-4 if src_dtype == torch.float32 else 5e-2)
     if snr_db is None and warn_symmetry and (n > 1 or m > 1) and not _dropout_active(model.config):
         warnings.warn(
             "HyperCloning without noise (snr_db=None) on a model without dropout: the copies inside the clone get "
@@ -288,60 +153,110 @@ def clone(
             stacklevel=2,
         )
 
-    num_layers = getattr(model.config, adapter.num_layers_key)
-    config = _grown_config(
-        model, adapter, shape, n, m, depth, depth_mode, tie, dtype, snr_db, final_norm_scale
+    vocab = (
+        getattr(engine.text_config(model.config), "vocab_size", None)
+        or model.get_input_embeddings().num_embeddings
     )
-    dest = _empty_model(type(model), config, dtype)  # meta parameters: no allocation yet
-    dest_shapes = {k: tuple(v.shape) for k, v in dest.state_dict().items()}
-
-    # ---- check the grown shapes against the freshly built (meta) destination, still before allocating
-    planned = {  # meta tensors: shapes only
-        name: torch.empty(rules[name].dest_shape(sizes, tuple(t.shape)), device="meta")
-        for name, t in sd.items()
-        if not (tie and name == head_name)
-    }
-    planned_deep, _ = _deepen(planned, adapter, num_layers, depth, depth_mode)
-    for name, t in planned_deep.items():
-        shp = tuple(t.shape)
-        if dest_shapes.get(name) != shp:
-            raise NotImplementedError(
-                f"Grown shape of {name!r} would be {shp} but {type(model).__name__} built from the grown "
-                f"config expects {dest_shapes.get(name)}: the {adapter.family} adapter does not match this model."
+    ids, mask = probe_inputs(min(vocab, model.get_input_embeddings().num_embeddings))
+    engine.check_source(model)
+    if depth > 1:
+        engine.check_depth(model, depth_mode, ids, mask)
+        if n > 1 or m > 1:  # widen first (checked module by module), then deepen the wide model
+            wide = clone(
+                model, n, m, snr_db, tie_word_embeddings=tie_word_embeddings, seed=seed, progress=progress,
+                warn_symmetry=False, verify=verify, tolerance=tolerance,
+            )  # fmt: skip
+            deep = clone(
+                wide, 1, 1, depth_multiplier=depth, depth_mode=depth_mode, dtype=out_dtype, verify=verify
             )
-    missing = set(dest_shapes) - set(planned_deep) - ({head_name} if tie and head_name else set())
-    if missing:
-        raise NotImplementedError(
-            f"The grown model has parameters the adapter does not produce: {sorted(missing)}"
+            deep.config.hypercloning = {
+                **wide.config.hypercloning,
+                "depth_multiplier": depth,
+                "depth_mode": depth_mode,
+            }
+            deep.config._name_or_path = deep.config._name_or_path.replace("-hypercloned-1x", "")
+            return deep
+    source_trace = trace(model, ids, mask) if (verify or keep_tie) else None
+    source_name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+    suffix = f"hypercloned-{n}x" + (f"-ffn{m}x" if m != n else "") + (f"-depth{depth}x" if depth > 1 else "")
+
+    def destination(tie: bool) -> PreTrainedModel:
+        config = engine.grown_config(model, n, m, depth, depth_mode, None if tie == src_tied else tie)
+        config.dtype = out_dtype
+        config._name_or_path = f"{source_name}-{suffix}"
+        return engine.build_empty(model, config)  # meta parameters: nothing allocated yet
+
+    dest = destination(keep_tie)
+    final_norm, final_index = (None, None)
+    emb_grows = tuple(dest.get_input_embeddings().weight.shape) != tuple(
+        model.get_input_embeddings().weight.shape
+    )
+    if keep_tie and emb_grows and source_trace is not None:
+        # a tied head reads tile(E) but needs tile(E)/n: the norm that feeds it is rescaled instead
+        final_norm, final_index = engine._final_norm(model, source_trace)
+        if final_norm is None:
+            if tie_word_embeddings:
+                raise ValueError(
+                    "This model has no affine final norm before its tied output head, so a tied clone cannot be "
+                    "exact. Pass tie_word_embeddings=False (or None) to untie the clone's head."
+                )
+            warnings.warn(
+                "No affine final norm before the tied head: the clone's head is untied to stay exact.",
+                stacklevel=2,
+            )
+            keep_tie = False
+            dest = destination(keep_tie)
+    plan = engine.plan(model, dest, n, m, depth, depth_mode, keep_tie, final_norm)
+    plan.final_norm, plan.final_norm_index = final_norm, final_index
+    if final_norm is not None:
+        offset = engine._norm_offset(
+            model.get_submodule(final_norm), next(iter(engine.hidden_sizes(model.config)), 1)
         )
+        for layout in plan.layouts.values():
+            for name in layout.members:
+                if name.startswith(final_norm + ".") and name.endswith("weight"):
+                    plan.offsets[name] = offset
 
-    # ---- grow, tensor by tensor (each temporary is one tensor; the source is only read)
-    generator = torch.Generator().manual_seed(seed)
-    grown: dict[str, torch.Tensor] = {}
-    items = [(k, v) for k, v in sd.items() if not (tie and k == head_name)]
-    iterator: Any = items
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(items, desc=f"HyperCloning {n}x", unit="tensor")
-    for name, t in iterator:
-        rule = rules[name]
-        scale, offset = 1.0, 0.0
-        if name == emb_name:
-            scale = emb_scale
-        elif name in norm_names and final_norm_scale != 1.0:
-            scale = final_norm_scale
-            offset = adapter.norm_offset if name.endswith("weight") else 0.0
-        grown[name] = apply_rule(
-            rule, t, sizes, dtype=dtype, scale=scale, offset=offset, snr_db=snr_db, generator=generator
+    engine.assign_all(model, plan, src_dtype, progress=f"HyperCloning {n}x" if progress else None)
+    if verify:
+        check = engine.Check(
+            model, ids, mask, source_trace, engine.hidden_sizes(model.config), n, tol, final_index, depth > 1
         )
-    if tie and head_name is not None:
-        grown[head_name] = grown[emb_name]
-    grown, _ = _deepen(grown, adapter, num_layers, depth, depth_mode)
-
-    dest.load_state_dict(grown, strict=True, assign=True)
-    if tie:
-        dest.tie_weights()
+        try:
+            engine.search(model, plan, check, src_dtype)
+        except HyperCloningRefused as err:
+            if depth > 1 and err.reason == "mismatch" and n == 1:
+                raise HyperCloningRefused(
+                    "not-pre-norm",
+                    f"{err.detail}: the identity blocks are not identities here (post-norm, or a residual branch "
+                    "whose output projection is not recognised)",
+                ) from err
+            raise
+    if snr_db is not None and (n > 1 or m > 1):
+        engine.add_noise(plan, snr_db, seed)
+        if verify:
+            div, _ = check.divergence(plan.dest)
+            if div is not None:
+                raise HyperCloningRefused("mismatch", f"after adding noise, {div.describe()}")
+    if out_dtype != src_dtype:
+        plan.dest.to(out_dtype)
+    dest.config.dtype = out_dtype
+    scale = 1.0
+    if final_norm is not None:
+        scale = next(
+            lay.choice.scale for lay in plan.layouts.values() if lay.members[0].startswith(final_norm + ".")
+        )
+    dest.config.hypercloning = {
+        "source": source_name,
+        "width_multiplier": n,
+        "ffn_multiplier": m,
+        "depth_multiplier": depth,
+        "depth_mode": depth_mode,
+        "snr_db": snr_db,
+        "final_norm_scale": scale,
+        "verified": bool(verify),
+        "paper": "arXiv:2409.12903",
+    }
     dest.train(model.training)
     if getattr(model, "generation_config", None) is not None:
         dest.generation_config = copy.deepcopy(model.generation_config)
@@ -353,13 +268,16 @@ def grow_depth(
     depth_multiplier: int = 2,
     *,
     depth_mode: DepthMode = "interleave",
-    torch_dtype: torch.dtype | str | None = None,
+    dtype: torch.dtype | str | None = None,
     progress: bool = False,
+    verify: bool = True,
+    torch_dtype: torch.dtype | str | None = None,
 ) -> PreTrainedModel:
     """Exact depth growth: ``depth_multiplier`` x layers, new blocks are identities (zeroed outputs).
 
     New blocks copy their neighbour's weights except the residual-branch output projections, which start at
-    zero (their gradients do not, so they start learning at once). Compose with width via ``clone``.
+    zero (their gradients do not, so they start learning at once). Refused (``not-pre-norm``) where a block
+    with a zero branch is not the identity (post-norm blocks). Compose with width via ``clone``.
     """
     return clone(
         model,
@@ -367,10 +285,26 @@ def grow_depth(
         ffn_multiplier=1,
         depth_multiplier=depth_multiplier,
         depth_mode=depth_mode,
+        dtype=dtype,
         torch_dtype=torch_dtype,
         progress=progress,
         warn_symmetry=False,
+        verify=verify,
     )
+
+
+def load_source(src: str | os.PathLike, **from_pretrained_kwargs: Any) -> PreTrainedModel:
+    """``AutoModelForCausalLM.from_pretrained`` that says "no such folder" for a missing local path."""
+    check_source_folder(src)
+    from_pretrained_kwargs.setdefault("dtype", "auto")
+    try:
+        return AutoModelForCausalLM.from_pretrained(src, **from_pretrained_kwargs)
+    except OSError as err:
+        if not os.path.exists(os.path.expanduser(os.fspath(src))):
+            raise FileNotFoundError(
+                f"no such folder: {os.fspath(src)!r}, and no Hub model of that name could be loaded ({err})"
+            ) from err
+        raise
 
 
 def from_pretrained(
@@ -380,34 +314,35 @@ def from_pretrained(
     snr_db: float | None = None,
     *,
     tie_word_embeddings: bool | None = None,
-    torch_dtype: torch.dtype | str | None = None,
+    dtype: torch.dtype | str | None = None,
     depth_multiplier: int = 1,
     depth_mode: DepthMode = "interleave",
     seed: int = 0,
     progress: bool = False,
+    verify: bool = True,
+    torch_dtype: torch.dtype | str | None = None,
     **from_pretrained_kwargs: Any,
 ) -> PreTrainedModel:
     """Load a causal LM (folder, hub id or model object) and return its HyperClone.
 
-    Multipliers are validated before loading, so a typo does not cost a multi-GB read.
+    Arguments are validated before loading, so a typo does not cost a multi-GB read.
     """
-    _check_multiplier("width_multiplier", width_multiplier)
-    _check_multiplier("ffn_multiplier", width_multiplier if ffn_multiplier is None else ffn_multiplier)
-    _check_multiplier("depth_multiplier", depth_multiplier)
+    check_grow_args(width_multiplier, ffn_multiplier, depth_multiplier, snr_db, depth_mode)
     if isinstance(model_or_path, PreTrainedModel):
         model = model_or_path
     else:
-        from_pretrained_kwargs.setdefault("dtype", "auto")
-        model = AutoModelForCausalLM.from_pretrained(model_or_path, **from_pretrained_kwargs)
+        model = load_source(model_or_path, **from_pretrained_kwargs)
     return clone(
         model,
         width_multiplier,
         ffn_multiplier,
         snr_db,
         tie_word_embeddings=tie_word_embeddings,
+        dtype=dtype,
         torch_dtype=torch_dtype,
         depth_multiplier=depth_multiplier,
         depth_mode=depth_mode,
         seed=seed,
         progress=progress,
+        verify=verify,
     )

@@ -1,0 +1,182 @@
+"""The coverage matrix: every causal-LM type the installed transformers registers, built tiny and grown.
+
+    python -m hf_salt.hypercloning.coverage                  # print the table
+    python -m hf_salt.hypercloning.coverage --write-docs     # refresh the table in docs/hypercloning.md
+
+A row is ``exact`` when the clone at every width (2 and 3) matches the source's logits within 1e-5 on a
+padded batch after ``save_pretrained`` and a plain ``AutoModelForCausalLM.from_pretrained``; otherwise it
+is ``refused`` with a reason from :data:`hf_salt.hypercloning.REASONS`. Anything else is a crash (a bug).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import re
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ATOL = 1e-5
+WIDTHS = (2, 3)
+BEGIN, END = "<!-- coverage:begin -->", "<!-- coverage:end -->"
+
+
+@dataclass
+class Row:
+    model_type: str
+    status: str  # exact | refused | crash
+    reason: str = ""
+    detail: str = ""
+    max_diff: float = 0.0
+    seconds: float = 0.0
+
+
+def causal_lm_types() -> list[str]:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
+def _logits(model, ids, mask) -> torch.Tensor:
+    from .probe import run_model
+
+    return run_model(model, ids, mask).logits.double()
+
+
+def run_row(model_type: str, widths: tuple[int, ...] = WIDTHS, reload: bool = True) -> Row:
+    """Build ``model_type`` tiny, grow it at every width, check logits (after a reload); never raises."""
+    from transformers.utils import logging as hf_logging
+
+    from . import clone
+    from .engine import text_config
+    from .probe import probe_inputs
+    from .refusals import HyperCloningRefused
+    from .tiny import build_tiny
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    start = time.perf_counter()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            model = build_tiny(model_type)
+            vocab = min(
+                text_config(model.config).vocab_size or 0, model.get_input_embeddings().num_embeddings
+            )
+            ids, mask = probe_inputs(vocab, seed=1)
+            reference = _logits(model, ids, mask)
+        except Exception as err:  # the model cannot even run tiny here: a documented refusal
+            return Row(model_type, "refused", "not-built-here", _short(err), 0.0, time.perf_counter() - start)
+        worst = 0.0
+        for n in widths:
+            try:
+                big = clone(model, n, warn_symmetry=False)
+                if reload:
+                    with tempfile.TemporaryDirectory() as tmp:
+                        big.save_pretrained(tmp)
+                        big = _reload(tmp, type(big))
+                diff = float((_logits(big, ids, mask) - reference).abs().max())
+            except HyperCloningRefused as err:
+                return Row(
+                    model_type, "refused", err.reason, _short(err.detail), 0.0, time.perf_counter() - start
+                )
+            except Exception as err:  # a bug: the matrix test fails on it
+                return Row(
+                    model_type, "crash", type(err).__name__, _short(err), 0.0, time.perf_counter() - start
+                )
+            if not diff <= ATOL:
+                return Row(
+                    model_type,
+                    "wrong",
+                    f"width {n}",
+                    f"max |dlogit| {diff:.2e}",
+                    diff,
+                    time.perf_counter() - start,
+                )
+            worst = max(worst, diff)
+    return Row(model_type, "exact", "", "", worst, time.perf_counter() - start)
+
+
+def _reload(path: str, cls: type):
+    """``AutoModelForCausalLM.from_pretrained``; the model's own class where the Auto map lacks its config."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except ValueError as err:
+        if "Unrecognized configuration class" not in str(err):
+            raise
+        return cls.from_pretrained(path, dtype=torch.float32)
+
+
+def _short(err: object, limit: int = 160) -> str:
+    text = re.sub(r"\s+", " ", str(err)).strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def markdown(rows: list[Row]) -> str:
+    from .refusals import REASONS
+
+    exact = sum(r.status == "exact" for r in rows)
+    import transformers
+
+    lines = [
+        f"{exact} of {len(rows)} causal-LM model types of transformers {transformers.__version__} grow exactly "
+        f"(fp32, widths {' and '.join(map(str, WIDTHS))}, max |Δlogit| ≤ {ATOL:g} on a padded batch after save "
+        "and reload). Generated by `python -m hf_salt.hypercloning.coverage --write-docs`.",
+        "",
+        "| model type | result | reason |",
+        "| --- | --- | --- |",
+    ]
+    for r in rows:
+        if r.status == "exact":
+            lines.append(f"| `{r.model_type}` | exact ({r.max_diff:.0e}) | |")
+        else:
+            what = REASONS.get(r.reason, (False, r.reason))[1]
+            detail = r.detail.replace("|", "\\|")
+            lines.append(f"| `{r.model_type}` | {r.status} | **{r.reason}**: {what}. {detail} |")
+    return "\n".join(lines)
+
+
+def write_docs(rows: list[Row], path: Path) -> None:
+    text = path.read_text()
+    table = f"{BEGIN}\n{markdown(rows)}\n{END}"
+    if BEGIN in text:
+        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: table, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n## Coverage\n\n" + table + "\n"
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("types", nargs="*", help="model types (default: every registered causal-LM type)")
+    ap.add_argument("--write-docs", action="store_true", help="replace the table in docs/hypercloning.md")
+    ap.add_argument("--docs", default=str(Path(__file__).resolve().parents[2] / "docs" / "hypercloning.md"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    rows = []
+    for t in args.types or causal_lm_types():
+        row = run_row(t)
+        rows.append(row)
+        print(
+            f"{row.status:8s} {t:28s} {row.seconds:5.2f}s {row.reason} {row.detail}",
+            file=sys.stderr,
+            flush=True,
+        )
+    if args.write_docs:
+        write_docs(rows, Path(args.docs))
+    else:
+        print(markdown(rows))
+    return 0 if all(r.status in ("exact", "refused") for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

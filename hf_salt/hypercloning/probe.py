@@ -1,0 +1,196 @@
+"""A traced forward of source and clone: the first module whose output is not the tiled source output.
+
+Every module's first tensor input and output are recorded in call order. An event is compared when the
+clone's tensor has the source's shape, or only its last axis grew ``n``-fold from the hidden size (the
+residual stream, attention and MLP outputs): it must equal the tiled source tensor. Internal tensors of
+other widths (fused projections, head-split views) are not compared; what they feed is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Event:
+    module: str
+    kind: str  # "in" | "out"
+    call: int
+    tensor: torch.Tensor
+
+
+@dataclass
+class Trace:
+    events: list[Event]
+    logits: torch.Tensor | None
+    inputs: dict[str, tuple[tuple, dict]] = field(default_factory=dict)  # first call's (args, kwargs)
+
+
+@dataclass
+class Divergence:
+    index: int  # position in the source's event list (len(events) for the logits)
+    module: str
+    kind: str
+    error: float
+
+    def describe(self) -> str:
+        where = (
+            "the logits"
+            if self.module == ""
+            else f"the {'input' if self.kind == 'in' else 'output'} of {self.module!r}"
+        )
+        return f"{where} differ from the tiled source by {self.error:.3g}"
+
+
+def _first_tensor(x: Any) -> torch.Tensor | None:
+    if isinstance(x, torch.Tensor):
+        return x if x.is_floating_point() else None
+    if isinstance(x, (tuple, list)):
+        for v in x:
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+        return None
+    if isinstance(x, dict):
+        for key in ("hidden_states", "last_hidden_state", "input_embeds", "inputs_embeds", "x"):
+            t = _first_tensor(x.get(key))
+            if t is not None:
+                return t
+        return None
+    for key in ("last_hidden_state", "hidden_states", "logits"):
+        t = getattr(x, key, None)
+        if isinstance(t, torch.Tensor):
+            return _first_tensor(t)
+    return None
+
+
+def probe_inputs(
+    vocab: int, batch: int = 2, seq: int = 8, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded token ids and an attention mask with padding (the second row's last two tokens)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (batch, seq), generator=g)
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    if batch > 1 and seq > 3:
+        mask[1, -2:] = 0
+    return ids, mask
+
+
+def run_model(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor | None) -> Any:
+    """One eval-mode, no-cache forward; a model that takes no attention mask runs without one."""
+    device = next(model.parameters()).device
+    kwargs: dict[str, Any] = {"use_cache": False}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return model(
+                input_ids=ids.to(device), attention_mask=None if mask is None else mask.to(device), **kwargs
+            )
+        except TypeError:
+            return model(input_ids=ids.to(device), **kwargs)
+
+
+def trace(
+    model: nn.Module, ids: torch.Tensor, mask: torch.Tensor | None, *, keep_inputs: bool = False
+) -> Trace:
+    """Forward ``model`` once, recording every module's first tensor input and output in call order."""
+    events: list[Event] = []
+    calls: dict[str, int] = {}
+    inputs: dict[str, tuple[tuple, dict]] = {}
+    handles = []
+
+    def pre(name: str):
+        def hook(module, args, kwargs):
+            t = _first_tensor(args) if args else _first_tensor(kwargs)
+            if t is not None:
+                events.append(Event(name, "in", calls.get(name, 0), t.detach().clone()))
+            if keep_inputs and name not in inputs:
+                inputs[name] = (args, dict(kwargs))
+
+        return hook
+
+    def post(name: str):
+        def hook(module, args, kwargs, output):
+            t = _first_tensor(output)
+            if t is not None:
+                events.append(Event(name, "out", calls.get(name, 0), t.detach().clone()))
+            calls[name] = calls.get(name, 0) + 1
+
+        return hook
+
+    was_training = model.training
+    model.eval()
+    try:
+        for name, module in model.named_modules():
+            if name:
+                handles.append(module.register_forward_pre_hook(pre(name), with_kwargs=True))
+                handles.append(module.register_forward_hook(post(name), with_kwargs=True))
+        out = run_model(model, ids, mask)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    logits = getattr(out, "logits", None)
+    return Trace(events, None if logits is None else logits.detach(), inputs)
+
+
+def tiled_error(small: torch.Tensor, large: torch.Tensor, hidden: set[int], n: int) -> float | None:
+    """``max |large - tile(small)|`` relative to the source's scale, or None when not comparable."""
+    if large.shape == small.shape:
+        expected = small
+    elif (
+        large.dim() == small.dim()
+        and large.shape[:-1] == small.shape[:-1]
+        and small.shape[-1] in hidden
+        and large.shape[-1] == n * small.shape[-1]
+    ):
+        expected = small.repeat(*([1] * (small.dim() - 1)), n)
+    else:
+        return None
+    a, b = large.double(), expected.double()
+    both_nan = torch.isnan(a) & torch.isnan(b)
+    diff = torch.where(both_nan, torch.zeros_like(a), (a - b).abs())
+    if torch.isnan(diff).any():
+        return float("inf")
+    scale = max(1.0, float(b.nan_to_num().abs().max()) if b.numel() else 1.0)
+    return float(diff.max()) / scale if diff.numel() else 0.0
+
+
+def first_divergence(
+    src: Trace,
+    dst: Trace,
+    hidden: set[int],
+    n: int,
+    tol: float,
+    skip: set[tuple[str, str]] = frozenset(),  # type: ignore[assignment]
+) -> Divergence | None:
+    """The first compared event where the clone is not the tiled source, then the logits."""
+    by_key = {(e.module, e.kind, e.call): e for e in dst.events}
+    for i, e in enumerate(src.events):
+        # inputs are not compared: a module may legitimately see a rescaled input (a norm undoes it)
+        if e.kind == "in" or (e.module, e.kind) in skip:
+            continue
+        other = by_key.get((e.module, e.kind, e.call))
+        if other is None:
+            continue
+        err = tiled_error(e.tensor, other.tensor, hidden, n)
+        if err is not None and err > tol:
+            return Divergence(i, e.module, e.kind, err)
+    if src.logits is not None and dst.logits is not None:
+        err = tiled_error(src.logits, dst.logits, set(), 1)
+        if err is None or err > tol:
+            return Divergence(len(src.events), "", "out", float("inf") if err is None else err)
+    return None
+
+
+def run_module(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """Re-run one module on recorded inputs (a cheap check of a candidate layout)."""
+    with torch.no_grad(), contextlib.suppress(Exception):
+        return _first_tensor(module(*args, **kwargs))
+    return None
