@@ -4,7 +4,8 @@ Usage: python tests/kill_point.py POINT -- hf-salt-args...   (POINT: step:N, sav
 
 At the point it prints `KILL-POINT <what>` and sleeps: the test kills the process from outside, exactly as a
 user's Ctrl-\\, an OOM killer or a pre-empted machine would (no `finally`, no atexit). The points:
-- `step:N`: after optimizer step N (between checkpoints);
+- `step:N[:K]`: after optimizer step N (between checkpoints) of the K-th training run (default 1st: the
+  demo trains a teacher, then one run per arm);
 - `save:N`: inside the checkpoint save of step N, after the weights and optimizer are written and before
   the RNG states and `trainer_state.json`;
 - `grow`/`score`: inside the final output save, after the first files are written to the temporary folder.
@@ -27,11 +28,15 @@ def _install(point: str) -> None:
     if kind == "step":
         from transformers.trainer_callback import CallbackHandler
 
+        step, _, nth = arg.partition(":")
+        seen = [0]
         original_step_end = CallbackHandler.on_step_end
 
         def on_step_end(self, args, state, control):
-            if state.global_step == int(arg):
-                _stop(point)
+            if state.global_step == int(step):
+                seen[0] += 1
+                if seen[0] == int(nth or 1):
+                    _stop(point)
             return original_step_end(self, args, state, control)
 
         CallbackHandler.on_step_end = on_step_end

@@ -278,3 +278,39 @@ def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
+
+
+DEMO = [
+    "demo",
+    "--scale",
+    "tiny",
+    "--arms",
+    "baseline",
+    "salt",
+    "--save_steps",
+    "2",
+    "--disable_tqdm",
+    "true",
+]
+
+
+def test_demo_killed_in_an_arm_then_resumed_matches_uninterrupted(tmp_path, capsys):
+    reference, out = tmp_path / "reference", tmp_path / "run"
+    assert main([*DEMO, "--output_dir", str(reference)]) == 0
+    # the 3rd training run to reach step 5: teacher, baseline, then the SALT arm (mid-KD, checkpoint-4 saved)
+    kill_at("step:5:3", [*DEMO, "--output_dir", str(out)], tmp_path)
+    assert (out / "baseline" / "model.safetensors").is_file() and not (out / "salt").exists()
+    assert latest_complete_checkpoint(out / "_runs" / "seed0" / "salt") is not None
+    code = main([*DEMO, "--output_dir", str(out)])  # a fresh start over the killed one is refused
+    assert code == 2 and "--resume_from_checkpoint latest" in capsys.readouterr().err
+
+    assert main([*DEMO, "--output_dir", str(out), "--resume_from_checkpoint", "latest"]) == 0
+    printed = capsys.readouterr().out
+    assert "reusing the teacher" in printed and "reusing the finished baseline run" in printed
+    assert "resuming salt from" in printed
+    for arm in ("teacher", "baseline", "salt"):
+        assert_same_weights(out / arm, reference / arm)
+    ref, got = (json.loads((d / "results.json").read_text()) for d in (reference, out))
+    assert got["arms"]["salt"]["curve"]["steps"] == ref["arms"]["salt"]["curve"]["steps"]
+    assert got["arms"]["salt"]["curve"]["eval_loss"] == ref["arms"]["salt"]["curve"]["eval_loss"]
+    assert not list((out / "_runs").rglob("checkpoint-*"))  # finished runs keep no checkpoints

@@ -29,6 +29,7 @@ from hf_salt.experiments.config import SharedSettings, like
 from hf_salt.experiments.engine import Engine
 from hf_salt.experiments.metrics import aggregate, check_targets, markdown_table, teacher_seed_for
 from hf_salt.experiments.report import command_line, hardware, now, write_report
+from hf_salt.experiments.resume import check_resume
 
 
 @dataclass
@@ -181,6 +182,8 @@ class Benchmark(Engine):
         cfg = self.cfg
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
+        if not cfg.report_only:
+            check_resume(cfg.resume_from_checkpoint, cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.load_data()
         results: dict[str, Any] = {
@@ -264,7 +267,12 @@ class Benchmark(Engine):
         for tseed in sorted({teacher_seed_for(cfg, s) for s in cfg.seeds}):
             self.teacher(tseed)
         config_path = self.out / "worker-config.json"
-        config_path.write_text(json.dumps(asdict(cfg)))
+        worker_cfg = asdict(cfg)
+        if (
+            cfg.save_steps and cfg.resume_from_checkpoint is None
+        ):  # the other workers' checkpoints are not stale
+            worker_cfg["resume_from_checkpoint"] = "latest"
+        config_path.write_text(json.dumps(worker_cfg))
         groups = [cfg.seeds[i :: cfg.workers] for i in range(min(cfg.workers, len(cfg.seeds)))]
         env = dict(os.environ)
         if cfg.num_threads:

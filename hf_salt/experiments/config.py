@@ -130,6 +130,21 @@ class SharedSettings:
     output_dir: str = field(
         default="hf-salt-demo", metadata={"help": "Where models, results.json and the plot go."}
     )
+    save_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Checkpoint every run (teacher, each arm) every N optimizer steps under output_dir/_runs, "
+            "so a killed run can resume mid-way; 0 = never."
+        },
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "latest: reuse the finished runs in output_dir and continue each unfinished one from its "
+            "latest complete checkpoint (needs save_steps); or one run's checkpoint-N folder under "
+            "output_dir/_runs (the others as with latest)."
+        },
+    )
 
     def __post_init__(self) -> None:
         from hf_salt.experiments.arms import resolve_arms
@@ -156,6 +171,8 @@ class SharedSettings:
             raise ValueError(f"salt_ds_pool must be >= 1 (KD budgets scored), got {self.salt_ds_pool}.")
         if self.warmup_steps < 0 or (self.hc_warmup_steps is not None and self.hc_warmup_steps < 0):
             raise ValueError("warmup_steps and hc_warmup_steps must be >= 0.")
+        if self.save_steps < 0:
+            raise ValueError(f"save_steps must be >= 0 (0 = no checkpoints), got {self.save_steps}.")
 
     @property
     def kd_steps(self) -> int:

@@ -23,6 +23,8 @@ from hf_salt.experiments.arms import ARMS
 from hf_salt.experiments.config import ExperimentConfig
 from hf_salt.experiments.engine import Engine
 from hf_salt.experiments.metrics import first_crossing
+from hf_salt.experiments.resume import RUNS, check_resume
+from hf_salt.io import write_text_atomic
 
 #: the demo's name for :func:`first_crossing` (a step, interpolated between evaluations)
 steps_to_reach = first_crossing
@@ -40,12 +42,14 @@ def _demo_curve(record: dict[str, Any]) -> dict[str, list]:
 
 def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     """Train the teacher, then every arm; write models, results.json and the plot; return the results."""
+    check_resume(config.resume_from_checkpoint, config.output_dir)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     engine = Engine(config)
     engine.load_data()
     results: dict[str, Any] = {"config": asdict(config), "arms": {}, "device": _device_name(config)}
-    teacher, trecord = engine.teacher(config.seed, out / "teacher", reuse=False)
+    resume = config.resume_from_checkpoint is not None
+    teacher, trecord = engine.teacher(config.seed, out / "teacher", reuse=resume)
     results["teacher"] = {
         "preset": config.teacher_preset,
         "steps": config.teacher_steps,
@@ -56,9 +60,16 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
         "path": trecord["path"],
     }
     for name in tqdm(config.arms, desc="arms", unit="arm", disable=config.disable_tqdm):
-        record = engine.run_arm(
-            name, config.seed, teacher, trecord, save_to=out / name.replace("+", "_plus_")
-        )
+        saved = out / RUNS / f"seed{config.seed}" / f"{name.replace('+', '_plus_')}.json"
+        record = _finished(saved, engine.run_key(name)) if resume else None
+        if record is None:
+            saved.unlink(missing_ok=True)
+            record = engine.run_arm(
+                name, config.seed, teacher, trecord, save_to=out / name.replace("+", "_plus_")
+            )
+            write_text_atomic(saved, json.dumps(record, indent=1))
+        else:
+            print(f"[hf-salt] reusing the finished {name} run ({saved})")
         uses_teacher = record["uses_teacher"]
         final = record["curve"]["loss"][-1]
         results["arms"][name] = {
@@ -79,9 +90,18 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
         rec["steps_to_baseline_fraction"] = None if reached is None else reached / base["steps"]
         rec["total_time_s"] = rec["train_time_s"] + rec["teacher_cost_s"]
     results["plot"] = str(plot_curves(results, out / "curves.png"))
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2))
     results["results_json"] = str(out / "results.json")
     return results
+
+
+def _finished(saved: Path, key: str) -> dict[str, Any] | None:
+    """The record of a finished arm run of this config (its model saved), else None."""
+    if not saved.is_file():
+        return None
+    record = json.loads(saved.read_text())
+    ok = record.get("key") == key and Path(record.get("path", "")).is_dir()
+    return record if ok else None
 
 
 def _device_name(config: ExperimentConfig) -> str:

@@ -23,10 +23,13 @@ from typing import Any
 
 import numpy as np
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_callback import ExportableState, ProgressCallback
 
+from hf_salt.checkpoints import AtomicCheckpointTrainer
 from hf_salt.experiments.arms import ARMS, ArmContext
 from hf_salt.experiments.config import ExperimentConfig
+from hf_salt.experiments.resume import checkpoint_for, remove_checkpoints
+from hf_salt.io import atomic_directory, write_text_atomic
 
 
 # --------------------------------------------------------------------------------------------------- data order
@@ -72,8 +75,11 @@ def in_order(trainer_cls: type) -> type:
 
 
 # --------------------------------------------------------------------------------------------------- timing
-class CurveRecorder(TrainerCallback):
-    """Times the optimizer steps (not evaluations) and records (step, wall, loss) at every evaluation."""
+class CurveRecorder(TrainerCallback, ExportableState):
+    """Times the optimizer steps (not evaluations) and records (step, wall, loss) at every evaluation.
+
+    Its state goes into every checkpoint, so a resumed run keeps the curve and step time from before the kill.
+    """
 
     def __init__(self) -> None:
         self.seconds = 0.0
@@ -94,6 +100,9 @@ class CurveRecorder(TrainerCallback):
             self.curve["step"].append(step)
             self.curve["wall"].append(self.seconds)
             self.curve["loss"].append(float(metrics["eval_loss"]))
+
+    def state(self) -> dict[str, Any]:
+        return {"args": {}, "attributes": {"seconds": self.seconds, "curve": self.curve}}
 
 
 # --------------------------------------------------------------------------------------------------- progress
@@ -148,6 +157,10 @@ TEACHER_FIELDS = (
     "gradient_accumulation_steps", "teacher_learning_rate", "warmup_steps", "weight_decay", "adam_beta2",
     "max_grad_norm", "bf16",
 )  # fmt: skip
+
+
+# fields that say how a run is checkpointed and resumed: they never change its result
+RESUME_FIELDS = ("save_steps", "resume_from_checkpoint")
 
 
 class Engine:
@@ -207,7 +220,7 @@ class Engine:
         from hf_salt.experiments.config import HYPERCLONING_FIELDS, KD_FIELDS
 
         optional = set(KD_FIELDS) | set(HYPERCLONING_FIELDS) | {"salt_ds_pool"}
-        skip = (set(self.execution_fields) | optional) - set(ARMS[arm].depends_on)
+        skip = (set(self.execution_fields) | set(RESUME_FIELDS) | optional) - set(ARMS[arm].depends_on)
         return digest({k: v for k, v in asdict(self.cfg).items() if k not in skip})
 
     # ---------------------------------------------------------------- training
@@ -230,7 +243,10 @@ class Engine:
             eval_strategy="steps",
             eval_steps=cfg.eval_every,
             logging_steps=max(1, cfg.eval_every // 5),
-            save_strategy="no",
+            save_strategy="steps" if cfg.save_steps else "no",
+            save_steps=cfg.save_steps or 500,
+            save_total_limit=1,  # the latest complete checkpoint; saves are atomic (AtomicCheckpointMixin)
+            restore_callback_states_from_checkpoint=True,  # the CurveRecorder's curve and step time
             report_to="none",
             seed=seed,
             data_seed=seed,
@@ -241,12 +257,22 @@ class Engine:
             **extra,
         )
 
-    def _train(self, trainer: Trainer, recorder: CurveRecorder, steps: int) -> None:
-        """Evaluate at step 0, train (evaluating every eval_every steps), make sure the last step is evaluated."""
-        trainer.evaluate()
-        trainer.train()
+    def _train(self, trainer: Trainer, recorder: CurveRecorder, steps: int) -> CurveRecorder:
+        """Evaluate at step 0, train (evaluating every eval_every steps), make sure the last step is evaluated.
+
+        Continues from the run's checkpoint when resuming; returns the recorder that holds the whole curve (on
+        resume the Trainer replaces it with one restored from the checkpoint).
+        """
+        resume = checkpoint_for(self.cfg.resume_from_checkpoint, Path(trainer.args.output_dir))
+        if resume is None:
+            trainer.evaluate()
+        trainer.train(resume_from_checkpoint=resume)
+        recorder = next(
+            (c for c in trainer.callback_handler.callbacks if type(c) is type(recorder)), recorder
+        )
         if recorder.curve["step"][-1] != steps:
             trainer.evaluate()
+        return recorder
 
     def teacher(
         self, seed: int, folder: Path | None = None, *, reuse: bool = True
@@ -271,7 +297,7 @@ class Engine:
             TrainingArguments, self.out / "_runs" / f"teacher-seed{seed}", steps=cfg.teacher_steps,
             lr=cfg.teacher_learning_rate, warmup=cfg.warmup_steps, seed=seed,
         )  # fmt: skip
-        trainer = in_order(Trainer)(
+        trainer = in_order(AtomicCheckpointTrainer)(
             model=model,
             args=args,
             train_dataset=self.order(seed, cfg.teacher_steps),
@@ -282,7 +308,8 @@ class Engine:
         print(
             f"[hf-salt] training the teacher ({cfg.teacher_preset}, seed {seed}, {cfg.teacher_steps} steps)"
         )
-        self._train(trainer, recorder, cfg.teacher_steps)
+        recorder = self._train(trainer, recorder, cfg.teacher_steps)
+        meta.unlink(missing_ok=True)  # a kill while the weights are replaced must not leave a reusable record
         trainer.save_model(str(folder))
         self.tokenizer.save_pretrained(str(folder))
         record = {
@@ -295,7 +322,8 @@ class Engine:
             "final_loss": recorder.curve["loss"][-1],
             "path": str(folder),
         }
-        meta.write_text(json.dumps(record, indent=1))
+        write_text_atomic(meta, json.dumps(record, indent=1))
+        remove_checkpoints(Path(args.output_dir))
         return trainer.model.eval(), record
 
     def run_arm(
@@ -318,7 +346,7 @@ class Engine:
         train = self.order(seed, cfg.max_steps)
         setup = spec.build(ArmContext(cfg, self.tokenizer, train, self.validation, teacher, seed))
         uses_salt = setup.salt is not None
-        trainer_cls = setup.trainer_cls or (SALTTrainer if uses_salt else Trainer)
+        trainer_cls = setup.trainer_cls or (SALTTrainer if uses_salt else AtomicCheckpointTrainer)
         lr = cfg.hc_learning_rate if spec.grown and cfg.hc_learning_rate is not None else cfg.learning_rate
         warmup = cfg.hc_warmup_steps if spec.grown and cfg.hc_warmup_steps is not None else cfg.warmup_steps
         fields = dict(setup.salt or {})
@@ -340,7 +368,7 @@ class Engine:
             **kwargs,
         )
         quiet_progress(trainer, arm)
-        self._train(trainer, recorder, cfg.max_steps)
+        recorder = self._train(trainer, recorder, cfg.max_steps)
         record = {
             "key": self.run_key(arm),
             "arm": arm,
@@ -356,10 +384,12 @@ class Engine:
             "kd_weight": _schedule(trainer, cfg.max_steps) if uses_salt else {"step": [], "weight": []},
         }
         if save_to is not None:
-            trainer.save_model(str(save_to))
-            self.tokenizer.save_pretrained(str(save_to))
-            _write_card(trainer, arm, save_to)
+            with atomic_directory(save_to) as tmp:
+                trainer.save_model(str(tmp))
+                self.tokenizer.save_pretrained(str(tmp))
+                _write_card(trainer, arm, tmp)
             record["path"] = str(save_to)
+        remove_checkpoints(Path(args.output_dir))
         del trainer, setup
         gc.collect()
         return record
