@@ -103,6 +103,8 @@ def test_pretrain_killed_then_resumed_from_cli_matches_uninterrupted(
         assert hidden(out) == [".checkpoint-6.tmp"]
     assert latest_complete_checkpoint(out) == out / "checkpoint-3"
     saved_at = (out / "checkpoint-3" / "trainer_state.json").stat().st_mtime_ns
+    assert main(argv) == 2  # a new run over the killed one's checkpoints is refused before any work
+    assert "holds checkpoints of an earlier run (checkpoint-3)" in capsys.readouterr().err
 
     assert main([*argv, "--resume_from_checkpoint", "latest"]) == 0
     # resumed, not restarted: a restart would write checkpoint-3 again
@@ -314,3 +316,22 @@ def test_demo_killed_in_an_arm_then_resumed_matches_uninterrupted(tmp_path, caps
     assert got["arms"]["salt"]["curve"]["steps"] == ref["arms"]["salt"]["curve"]["steps"]
     assert got["arms"]["salt"]["curve"]["eval_loss"] == ref["arms"]["salt"]["curve"]["eval_loss"]
     assert not list((out / "_runs").rglob("checkpoint-*"))  # finished runs keep no checkpoints
+
+
+def test_experiment_resume_is_checked_before_any_work(tmp_path):
+    from hf_salt.experiments.resume import check_resume
+
+    runs = tmp_path / "_runs"
+    with pytest.raises(ValueError, match="nothing to resume"):
+        check_resume("latest", tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        check_resume(str(runs / "seed0" / "salt" / "checkpoint-4"), tmp_path)
+    elsewhere = _fake_checkpoint(tmp_path / "other" / "checkpoint-4")
+    with pytest.raises(ValueError, match="not a checkpoint of this experiment"):
+        check_resume(str(elsewhere), tmp_path)
+    half = _fake_checkpoint(runs / "seed0" / "salt" / "checkpoint-4", state=None)
+    with pytest.raises(ValueError, match="not a complete checkpoint"):
+        check_resume(str(half), tmp_path)
+    with pytest.raises(ValueError, match="unfinished experiment"):
+        check_resume(None, tmp_path)
+    check_resume("latest", tmp_path)

@@ -20,7 +20,7 @@ from transformers import (
     default_data_collator,
 )
 
-from hf_salt.checkpoints import RESUME_HELP, AtomicCheckpointTrainer, resolve_resume
+from hf_salt.checkpoints import RESUME_HELP, AtomicCheckpointTrainer, check_fresh_start, resolve_resume
 from hf_salt.cli.parser import Command
 from hf_salt.data import check_block_size, load_corpus, load_tokenizer, pack_dataset
 from hf_salt.io import atomic_directory
@@ -155,6 +155,7 @@ def _salt_ds_collator(data_args: DataArguments, args: PretrainArguments, vocab_s
 
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: PretrainArguments) -> int:
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    check_fresh_start(training_args.output_dir, resume)
     tokenizer = load_tokenizer(model_args.tokenizer)
     model = load_model(model_args.model, len(tokenizer), training_args.seed)
     check_block_size(data_args.block_size, model.config)

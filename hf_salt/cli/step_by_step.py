@@ -12,7 +12,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
 
-from hf_salt.checkpoints import RESUME_HELP, resolve_resume
+from hf_salt.checkpoints import RESUME_HELP, check_fresh_start, resolve_resume
 from hf_salt.cli.parser import Command
 from hf_salt.data import load_tokenizer
 from hf_salt.io import save_pretrained_atomic
@@ -90,6 +90,7 @@ def load_model(name_or_path: str, vocab_size: int, seed: int) -> PreTrainedModel
 
 def run(script: StepByStepScriptArguments, args: StepByStepCLIConfig) -> int:
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    check_fresh_start(args.output_dir, resume)
     data = load_step_by_step(script.dataset, train_split=script.train_split)
     if Path(script.dataset).name.lower() == "svamp" and args.label_metric == "exact_match":
         args.label_metric = "equation"  # SVAMP labels are equations: compare them by value
