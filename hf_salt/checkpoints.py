@@ -132,16 +132,23 @@ def resolve_resume(value: str | bool | None, output_dir: str | Path | None) -> s
     return str(path)
 
 
-def check_fresh_start(output_dir: str | Path | None, resume: str | None) -> None:
+def check_fresh_start(output_dir: str | Path | None, resume: str | None, overwrite: bool = False) -> None:
     """A new run (no `--resume_from_checkpoint`) must not mix its checkpoints with an earlier run's.
 
     Its own `checkpoint-N` would replace the earlier run's one by one, and `latest` could later pick a
-    leftover of the earlier run: refuse before any work and say how to continue or start over.
+    leftover of the earlier run: refuse before any work and say how to continue or start over; with
+    `overwrite` (`--overwrite_output_dir`) the earlier run's checkpoints are removed instead.
     """
     if resume is not None or output_dir is None:
         return
     found = _checkpoints(Path(output_dir))
-    if found:
+    if found and overwrite:
+        for folder in found:
+            shutil.rmtree(folder)
+        print(
+            f"Removed {len(found)} checkpoint(s) of an earlier run from {output_dir} (--overwrite_output_dir)."
+        )
+    elif found:
         raise ValueError(
             f"--output_dir {str(output_dir)!r} holds checkpoints of an earlier run ({found[0].name}"
             f"{f' and {len(found) - 1} more' if len(found) > 1 else ''}): pass --resume_from_checkpoint latest "

@@ -335,3 +335,15 @@ def test_experiment_resume_is_checked_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="unfinished experiment"):
         check_resume(None, tmp_path)
     check_resume("latest", tmp_path)
+
+
+def test_overwrite_removes_an_earlier_runs_checkpoints(tmp_path):
+    from hf_salt.checkpoints import check_fresh_start
+
+    _fake_checkpoint(tmp_path / "checkpoint-3")
+    with pytest.raises(ValueError, match="holds checkpoints of an earlier run"):
+        check_fresh_start(tmp_path, None)
+    check_fresh_start(tmp_path, str(tmp_path / "checkpoint-3"))  # resuming it: fine, nothing removed
+    assert (tmp_path / "checkpoint-3").is_dir()
+    check_fresh_start(tmp_path, None, overwrite=True)
+    assert not (tmp_path / "checkpoint-3").exists()

@@ -155,7 +155,7 @@ def _salt_ds_collator(data_args: DataArguments, args: PretrainArguments, vocab_s
 
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: PretrainArguments) -> int:
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
-    check_fresh_start(training_args.output_dir, resume)
+    check_fresh_start(training_args.output_dir, resume, getattr(training_args, "overwrite_output_dir", False))
     tokenizer = load_tokenizer(model_args.tokenizer)
     model = load_model(model_args.model, len(tokenizer), training_args.seed)
     check_block_size(data_args.block_size, model.config)

@@ -90,7 +90,7 @@ def load_model(name_or_path: str, vocab_size: int, seed: int) -> PreTrainedModel
 
 def run(script: StepByStepScriptArguments, args: StepByStepCLIConfig) -> int:
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
-    check_fresh_start(args.output_dir, resume)
+    check_fresh_start(args.output_dir, resume, getattr(args, "overwrite_output_dir", False))
     data = load_step_by_step(script.dataset, train_split=script.train_split)
     if Path(script.dataset).name.lower() == "svamp" and args.label_metric == "exact_match":
         args.label_metric = "equation"  # SVAMP labels are equations: compare them by value
