@@ -36,6 +36,7 @@ _LAZY: dict[str, str] = {
     "StepByStepTrainer": "hf_salt.step_by_step.trainer",
     "StepByStepCollator": "hf_salt.step_by_step.collator",
     "load_step_by_step": "hf_salt.step_by_step.data",
+    "from_prompt_completion": "hf_salt.step_by_step.data",
     "generate_rationales": "hf_salt.step_by_step.rationales",
     "safe_arithmetic": "hf_salt.step_by_step.metrics",
     # checkpoints and resuming
@@ -49,6 +50,8 @@ _LAZY: dict[str, str] = {
     "load_tokenizer": "hf_salt.data",
     "train_tokenizer": "hf_salt.data",
     "pack_dataset": "hf_salt.data",
+    "prepare_sft_dataset": "hf_salt.data.sft",
+    "SFTDataArguments": "hf_salt.data.sft",
     "build_model": "hf_salt.zoo",
     "build_config": "hf_salt.zoo",
 }

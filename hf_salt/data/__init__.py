@@ -1,4 +1,4 @@
-"""Shared data for pre-training: embedded corpora, the shipped tokenizer, packing."""
+"""Shared data: embedded corpora, the shipped tokenizer, packing; `sft.py`: TRL-format datasets (imports TRL lazily)."""
 
 from hf_salt.data.corpora import EMBEDDED_CORPORA, load_corpus
 from hf_salt.data.packing import check_block_size, pack_dataset

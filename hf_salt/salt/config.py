@@ -10,6 +10,7 @@ from typing import Any
 from transformers import TrainingArguments
 from transformers.trainer_utils import IntervalStrategy
 
+from hf_salt.data.sft import SFTDataArguments
 from hf_salt.salt.losses import BACKENDS, DIVERGENCES
 from hf_salt.salt.schedules import SCHEDULES, get_schedule
 
@@ -18,7 +19,7 @@ TEACHER_SHARDING = ("replicate", "shard")
 
 
 @dataclass
-class SALTConfig(TrainingArguments):
+class SALTConfig(SFTDataArguments, TrainingArguments):
     """Arguments of :class:`hf_salt.SALTTrainer`.
 
     Stage 1 (optimizer steps ``t < n_KD``) minimises ``(1 - w_t) * CE + w_t * tau^2 * D(teacher || student)``
@@ -152,6 +153,7 @@ class SALTConfig(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        self.check_sft_data()  # dataset_text_field, max_length, packing, ...: how raw TRL-format datasets are prepared
         if isinstance(self.teacher_model_init_kwargs, str):
             try:
                 self.teacher_model_init_kwargs = json.loads(self.teacher_model_init_kwargs)

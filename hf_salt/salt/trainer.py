@@ -23,6 +23,7 @@ from torch.utils.data import SequentialSampler
 from transformers import AutoModelForCausalLM, PreTrainedModel, Trainer
 from transformers.utils import logging
 
+from hf_salt.data.sft import prepare_trainer_data
 from hf_salt.salt.config import SALTConfig
 from hf_salt.salt.losses import KDLossOutput, fused_kd_loss
 from hf_salt.salt.schedules import KDScheduleCallback, KDState, get_schedule
@@ -180,6 +181,7 @@ class SALTTrainer(TrainerBase, Trainer):
                 auto_decay_steps=args.kd_auto_decay_steps,
             )
         )
+        kwargs = prepare_trainer_data(args, kwargs)  # TRL-format raw rows -> tokenized as SFTTrainer does
         super().__init__(model=model, args=args, callbacks=callbacks, **kwargs)
 
         # Our compute_loss normalises by num_items_in_batch itself; the Trainer only counts it when it believes

@@ -313,3 +313,44 @@ def missing_rationales(dataset: Dataset | Sequence[dict[str, Any]]) -> int:
         dataset["rationale"] if isinstance(dataset, Dataset) else [r.get("rationale", "") for r in dataset]
     )
     return sum(1 for r in column if not (r or "").strip())
+
+
+def from_prompt_completion(
+    dataset: Dataset, tokenizer: Any = None, *, rationale_column: str = "rationale"
+) -> Dataset:
+    """TRL ``prompt``/``completion`` rows as step-by-step rows: prompt -> ``input``, completion -> ``label``.
+
+    A ``rationale`` column (``rationale_column``), if present, is the rationale task's target; without one the rows
+    train the label task only. Conversational rows (message lists) are rendered as text with the tokenizer's chat
+    template by ``trl.maybe_apply_chat_template`` (needs ``pip install 'hf-salt[trl]'``). Rows already in the
+    step-by-step format are returned unchanged.
+    """
+    names = dataset.column_names
+    if "input" in names or "prompt" not in names:
+        return dataset
+    if "completion" not in names:
+        raise ValueError(f"Prompt rows need a 'completion' column (the answer to learn); found {names}.")
+    first = dataset[0]
+    if isinstance(first["prompt"], list):  # conversational: render with the chat template, as TRL does
+        from hf_salt.data.sft import import_trl
+
+        utils = import_trl()
+        if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError("Conversational prompt/completion rows need a tokenizer with a chat_template.")
+        dataset = dataset.map(
+            lambda ex: utils.maybe_apply_chat_template(
+                {"prompt": ex["prompt"], "completion": ex["completion"]}, tokenizer
+            )
+        )
+
+    def convert(batch: dict[str, list[Any]]) -> dict[str, list[str]]:
+        n = len(batch["prompt"])
+        rationale = batch.get(rationale_column) or [""] * n
+        return {
+            "input": batch["prompt"],
+            "label": batch["completion"],
+            "rationale": ["" if r is None else str(r) for r in rationale],
+            "llm_label": batch["completion"],
+        }
+
+    return dataset.map(convert, batched=True, remove_columns=names)

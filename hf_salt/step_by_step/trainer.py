@@ -23,6 +23,7 @@ from transformers import EvalPrediction, PreTrainedModel, Seq2SeqTrainer
 
 from hf_salt.step_by_step.collator import IGNORE_INDEX, RAW_COLUMNS, StepByStepCollator
 from hf_salt.step_by_step.config import StepByStepConfig
+from hf_salt.step_by_step.data import from_prompt_completion
 from hf_salt.trainer_base import TrainerBase, paper
 
 logger = logging.getLogger(__name__)
@@ -105,6 +106,8 @@ class StepByStepTrainer(TrainerBase, Seq2SeqTrainer):
         self, dataset: Dataset | None, collator: StepByStepCollator, *, train: bool
     ) -> Dataset | None:
         """Tokenize raw rows once (not every epoch) and log the counts the issue asks for."""
+        if isinstance(dataset, Dataset):  # TRL prompt/completion rows -> input/label (/rationale)
+            dataset = from_prompt_completion(dataset, collator.tokenizer)
         if dataset is None or not isinstance(dataset, Dataset) or "input" not in dataset.column_names:
             return dataset
         before = collator.stats.copy()
