@@ -347,3 +347,27 @@ def test_overwrite_removes_an_earlier_runs_checkpoints(tmp_path):
     assert (tmp_path / "checkpoint-3").is_dir()
     check_fresh_start(tmp_path, None, overwrite=True)
     assert not (tmp_path / "checkpoint-3").exists()
+
+
+def test_distill_step_by_step_killed_then_resumed_matches_uninterrupted(tmp_path, capsys):
+    argv = [
+        "distill-step-by-step", "--model", "t5-tiny", "--dataset", "svamp", "--train_fraction", "0.05",
+        "--max_steps", "5", "--per_device_train_batch_size", "4", "--max_eval_samples", "4",
+        "--generation_max_length", "4", "--save_strategy", "steps", "--save_steps", "2", "--use_cpu", "true",
+        "--disable_tqdm", "true",
+    ]  # fmt: skip
+    reference, out = tmp_path / "reference", tmp_path / "run"
+    assert main([*argv, "--output_dir", str(reference)]) == 0
+    kill_at("step:3", [*argv, "--output_dir", str(out)], tmp_path)
+    assert latest_complete_checkpoint(out) == out / "checkpoint-2" and not (out / "model").exists()
+    assert main([*argv, "--output_dir", str(out), "--resume_from_checkpoint", "latest"]) == 0
+    assert f"Resuming from {out / 'checkpoint-2'}" in capsys.readouterr().out
+    assert_same_weights(out / "model", reference / "model")
+
+
+def test_benchmark_resume_path_must_exist(tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--output_dir", str(out), "--resume_from_checkpoint", str(tmp_path / "nope")]
+    assert main(argv) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not out.exists()
