@@ -67,6 +67,11 @@ PRESETS: dict[str, Preset] = {
         256, 4, 8, 4, 704, ctx=1024, desc="CPU demo student, 2x llama-small; ~5M params"
     ),
     "llama-small-4x": _llama(512, 4, 16, 8, 1408, ctx=1024, desc="4x llama-small; ~17M params"),
+    # CPU reproduction with a small vocabulary (benchmarks/configs/cpu_small_vocab.yaml): trained long, in one epoch
+    "llama-micro": _llama(64, 4, 4, 2, 128, ctx=512, desc="CPU teacher; ~0.15M non-embedding params"),
+    "llama-micro-2x": _llama(
+        128, 4, 8, 4, 256, ctx=512, desc="2x-wide llama-micro; ~0.59M non-embedding params"
+    ),
     # GPU scale
     "llama-40m": _llama(512, 12, 8, 4, 1408, desc="GPU teacher; ~42M params"),
     "llama-160m": _llama(1024, 12, 16, 8, 2816, desc="GPU student, 2x llama-40m; ~160M params"),

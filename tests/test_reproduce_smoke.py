@@ -199,6 +199,13 @@ def test_every_arm_end_to_end_through_the_cli(tmp_path):
     assert runs["salt"]["kd_steps"] == 2 and runs["rkd"]["kd_steps"] == 8
     assert runs["salt"]["kd_weight"]["weight"][:3] == [0.5, 0.5, 0.0]
     assert runs["salt-linear"]["kd_weight"]["weight"][:3] == [0.5, 0.25, 0.0]
+    # salt-auto: cap 4 steps (kd_auto_cap 0.5), decay round(0.1 * 8) = 1 step; the decision is recorded
+    auto = runs["salt-auto"]["kd_auto"]
+    assert auto["cap"] == 4 and auto["decay_steps"] == 1 and auto["reason"] in ("caught_up", "cap")
+    assert runs["salt-auto"]["kd_steps"] == auto["switch_step"] + 1 <= 4
+    assert runs["salt-auto"]["kd_weight"]["weight"][: auto["switch_step"] + 2] == [0.5] * (
+        auto["switch_step"] + 1
+    ) + [0.0]
     assert runs["salt_ds"]["offline_teacher_s"] > 0  # scoring is charged to the arm
     teacher_loss = results["teachers"]["0"]["final_loss"]
     # a clone computes the teacher's function: it starts at the teacher's validation loss

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from hf_salt.experiments.config import HYPERCLONING_FIELDS, KD_FIELDS
+from hf_salt.experiments.config import AUTO_FIELDS, HYPERCLONING_FIELDS, KD_FIELDS
+from hf_salt.salt.schedules import resolve_kd_steps
 
 
 @dataclass
@@ -179,6 +180,22 @@ register_arm("salt-linear", depends_on=KD_FIELDS, description="SALT with linear 
 register_arm(
     "salt-linear_ratio", depends_on=KD_FIELDS, description="SALT with linear decay of omega/(1-omega)"
 )(_salt_arm("linear_ratio"))
+
+
+@register_arm(
+    "salt-auto",
+    depends_on=AUTO_FIELDS,
+    description="SALT with kd_schedule=auto: n_KD decided from the training (student CE vs teacher CE)",
+)
+def _salt_auto(ctx: ArmContext) -> ArmSetup:
+    c = ctx.config
+    fields = ctx.salt_fields(
+        kd_schedule="auto",
+        kd_steps=max(1, resolve_kd_steps(c.kd_auto_cap, c.max_steps)),
+        kd_auto_margin=c.kd_auto_margin,
+        kd_auto_decay_steps=resolve_kd_steps(c.kd_auto_decay, c.max_steps) if c.kd_auto_decay else 0,
+    )
+    return ArmSetup(ctx.fresh_student(), salt=fields)
 
 
 @register_arm("rkd", depends_on=KD_FIELDS, description="KD for the whole run (the paper's RKD strawman)")

@@ -32,6 +32,7 @@ def like(cls: type, name: str, default: Any) -> Any:
 
 # the config fields a run's result depends on beyond the shared ones, by arm family (see Arm.depends_on)
 KD_FIELDS = ("kd_weight", "kd_temperature", "kd_fraction", "kd_decay_start")
+AUTO_FIELDS = ("kd_weight", "kd_temperature", "kd_auto_cap", "kd_auto_margin", "kd_auto_decay")
 HYPERCLONING_FIELDS = ("hypercloning_snr_db", "hc_learning_rate", "hc_warmup_steps")
 
 
@@ -108,6 +109,20 @@ class SharedSettings:
         default=salt_default("kd_decay_start"),
         metadata={"help": "linear / linear_ratio: where the decay starts, as a fraction of n_KD (None = 0)."},
     )
+    kd_auto_cap: float = field(
+        default=0.5,
+        metadata={
+            "help": "salt-auto: upper bound on n_KD as a fraction of max_steps (kd_steps with kd_schedule=auto)."
+        },
+    )
+    kd_auto_margin: float = field(
+        default=salt_default("kd_auto_margin"),
+        metadata={"help": "salt-auto: kd_auto_margin in nats (default: SALTConfig's)."},
+    )
+    kd_auto_decay: float = field(
+        default=salt_default("kd_auto_decay_steps"),
+        metadata={"help": "salt-auto: decay window as a fraction of max_steps (default: SALTConfig's)."},
+    )
     salt_ds_pool: int = field(
         default=4,
         metadata={"help": "SALT_DS scores this many KD budgets (n_KD x global batch) of candidate blocks."},
@@ -167,6 +182,11 @@ class SharedSettings:
             raise ValueError(f"kd_weight must be in [0, 1) (linear_ratio needs < 1), got {self.kd_weight}.")
         if self.kd_temperature <= 0:
             raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature}.")
+        if not 0.0 < self.kd_auto_cap < 1.0 or not 0.0 <= self.kd_auto_decay <= self.kd_auto_cap:
+            raise ValueError(
+                f"salt-auto needs 0 < kd_auto_cap < 1 and 0 <= kd_auto_decay <= kd_auto_cap (fractions of "
+                f"max_steps), got {self.kd_auto_cap} and {self.kd_auto_decay}."
+            )
         if self.salt_ds_pool < 1:
             raise ValueError(f"salt_ds_pool must be >= 1 (KD budgets scored), got {self.salt_ds_pool}.")
         if self.warmup_steps < 0 or (self.hc_warmup_steps is not None and self.hc_warmup_steps < 0):

@@ -217,9 +217,9 @@ class Engine:
     def run_key(self, arm: str) -> str:
         """Fields that define the run of ``arm``: the shared ones plus the arm's ``depends_on`` (so a sweep of
         omega reuses one baseline)."""
-        from hf_salt.experiments.config import HYPERCLONING_FIELDS, KD_FIELDS
+        from hf_salt.experiments.config import AUTO_FIELDS, HYPERCLONING_FIELDS, KD_FIELDS
 
-        optional = set(KD_FIELDS) | set(HYPERCLONING_FIELDS) | {"salt_ds_pool"}
+        optional = set(KD_FIELDS) | set(AUTO_FIELDS) | set(HYPERCLONING_FIELDS) | {"salt_ds_pool"}
         skip = (set(self.execution_fields) | set(RESUME_FIELDS) | optional) - set(ARMS[arm].depends_on)
         return digest({k: v for k, v in asdict(self.cfg).items() if k not in skip})
 
@@ -383,6 +383,9 @@ class Engine:
             "curve": recorder.curve,
             "kd_weight": _schedule(trainer, cfg.max_steps) if uses_salt else {"step": [], "weight": []},
         }
+        auto = trainer.kd_callback.auto if uses_salt else None
+        if auto is not None:  # kd_schedule="auto": when and why it switched
+            record["kd_auto"] = {**auto.export(), "summary": auto.describe()}
         if save_to is not None:
             with atomic_directory(save_to) as tmp:
                 trainer.save_model(str(tmp))
