@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel, default_data_collator
+from transformers import PreTrainedModel, default_data_collator
 
+from hf_salt import zoo
 from hf_salt.cli.parser import parse_args
 from hf_salt.data import check_block_size, load_corpus, load_tokenizer, pack_dataset
 from hf_salt.salt.config import SALTConfig
 from hf_salt.salt.trainer import SALTTrainer
-from hf_salt.zoo import PRESETS, build_model
+from hf_salt.zoo import PRESETS
 
 logger = logging.getLogger("salt_pretrain")
 
@@ -70,18 +71,12 @@ class ScriptArguments:
 
 
 def load_model(name_or_path: str, vocab_size: int, seed: int, role: str) -> PreTrainedModel:
-    """A zoo preset (random init, reproducible from `seed`) or a local folder."""
-    if name_or_path in PRESETS:
-        if role == "teacher":
-            logger.warning(
-                "The teacher %r is a randomly initialised preset: use it for smoke tests only.", name_or_path
-            )
-        return build_model(name_or_path, vocab_size=vocab_size, seed=seed)
-    if not Path(name_or_path).is_dir():
-        raise ValueError(
-            f"--{role} {name_or_path!r} is neither a zoo preset ({', '.join(PRESETS)}) nor a local folder."
+    """A zoo preset (random init, reproducible from `seed`) or a local folder (hf_salt.zoo.load_model)."""
+    if role == "teacher" and name_or_path in PRESETS:
+        logger.warning(
+            "The teacher %r is a randomly initialised preset: use it for smoke tests only.", name_or_path
         )
-    return AutoModelForCausalLM.from_pretrained(name_or_path, local_files_only=True)
+    return zoo.load_model(name_or_path, vocab_size=vocab_size, seed=seed, flag=f"--{role}")
 
 
 @contextlib.contextmanager

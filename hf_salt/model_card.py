@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from accelerate.utils import is_peft_model
 from huggingface_hub import ModelCard, ModelCardData
 
 logger = logging.getLogger(__name__)
@@ -343,7 +344,7 @@ _HYPERCLONING_KEYS = (
 
 def _hypercloning_provenance(model: Any) -> dict[str, Any]:
     """`config.hypercloning` of a grown model (also under a PEFT wrapper), else {}."""
-    if model is not None and hasattr(model, "get_base_model") and hasattr(model, "peft_config"):
+    if model is not None and is_peft_model(model):
         model = model.get_base_model()
     grown = getattr(getattr(model, "config", None), "hypercloning", None)
     return grown if isinstance(grown, dict) else {}
@@ -404,7 +405,7 @@ def _fmt(value: Any) -> str:
     if hasattr(value, "config") and hasattr(value, "parameters"):
         name = getattr(value, "name_or_path", "") or getattr(value.config, "_name_or_path", "") or ""
         label = f"`{name}`" if name else f"a `{type(value).__name__}`"
-        return f"{label} ({_count(sum(p.numel() for p in value.parameters()))} parameters)"
+        return f"{label} ({_count(_num_parameters(value))} parameters)"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
@@ -436,8 +437,8 @@ def _unwrap(trainer: Any) -> Any:
 
 
 def _peft_info(model: Any) -> dict[str, str]:
-    configs = getattr(model, "peft_config", None)
-    if not isinstance(configs, dict) or not configs or not hasattr(model, "get_base_model"):
+    configs = model.peft_config if model is not None and is_peft_model(model) else None
+    if not configs:
         return {}
     config = configs.get(getattr(model, "active_adapter", "default")) or next(iter(configs.values()))
     peft_type = getattr(config, "peft_type", "")
@@ -447,6 +448,13 @@ def _peft_info(model: Any) -> dict[str, str]:
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _num_parameters(model: Any, only_trainable: bool = False) -> int:
+    """HF's `num_parameters()` (PEFT models forward it to the wrapped model); plain modules are summed."""
+    if callable(getattr(model, "num_parameters", None)):
+        return int(model.num_parameters(only_trainable=only_trainable))
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not only_trainable)
 
 
 def _hub_id(name: Any) -> str | None:
@@ -479,7 +487,7 @@ def _architecture(model: Any) -> str:
     """The model class users load (`LlamaForCausalLM`), also under a PEFT wrapper."""
     if model is None:
         return "model"
-    if hasattr(model, "get_base_model") and hasattr(model, "peft_config"):
+    if is_peft_model(model):
         model = model.get_base_model()
     return type(model).__name__
 
@@ -490,8 +498,8 @@ def _model_rows(model: Any, peft_info: dict[str, str]) -> list[tuple[str, str]]:
     config = getattr(model, "config", None)
     adapter = f" + {peft_info['type']} adapter" if peft_info else ""
     rows = [("architecture", f"`{_architecture(model)}`{adapter}")]
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = _num_parameters(model)
+    trainable = _num_parameters(model, only_trainable=True)
     rows.append(("parameters", _count(total)))
     if trainable != total:
         rows.append(("trainable parameters", _count(trainable)))

@@ -21,6 +21,7 @@ import re
 from typing import Any
 
 import torch
+from accelerate.utils import is_peft_model
 from transformers import PreTrainedModel, TrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ __all__ = ["apply_peft", "output_layer_names"]
 
 def output_layer_names(model: torch.nn.Module) -> list[str]:
     """Qualified names of the module that `get_output_embeddings()` returns (`lm_head`, `embed_out`, ...)."""
-    base = model.get_base_model() if _is_peft_model(model) else model
+    base = model.get_base_model() if is_peft_model(model) else model
     get = getattr(base, "get_output_embeddings", None)
     head = get() if callable(get) else None
     if head is None:
@@ -58,7 +59,7 @@ def apply_peft(
       embeddings still pass gradients to the checkpointed adapters.
     """
     if peft_config is None:
-        if _is_peft_model(model):
+        if is_peft_model(model):
             _check_output_layer_untouched(model, reads_output_layer)
         return model
 
@@ -71,7 +72,7 @@ def apply_peft(
         raise TypeError(
             f"peft_config must be a peft.PeftConfig (e.g. peft.LoraConfig(...)), got {type(peft_config).__name__}."
         )
-    if _is_peft_model(model):
+    if is_peft_model(model):
         raise ValueError(
             "The model is already a PeftModel and a peft_config was given as well. Pass peft_config=None to "
             "train the existing adapter, or call model.merge_and_unload() first to add a new one."
@@ -112,21 +113,12 @@ def apply_peft(
         torch.manual_seed(args.seed)
         peft_model = get_peft_model(model, peft_config, autocast_adapter_dtype=autocast)
     if logger.isEnabledFor(logging.INFO):
-        trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in peft_model.parameters())
+        trainable, total = peft_model.get_nb_trainable_parameters()
         logger.info("PEFT %s: %d of %d parameters trainable", peft_config.peft_type, trainable, total)
     return peft_model
 
 
 # --------------------------------------------------------------------------- helpers
-def _is_peft_model(model: Any) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(model, PeftModel)
-
-
 def _wrapped(module: torch.nn.Module) -> torch.nn.Module | None:
     """The layer inside a PEFT wrapper (LoRA layer, ModulesToSaveWrapper), else None."""
     for attr in ("base_layer", "original_module"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -158,10 +159,6 @@ def build_config(preset: str, vocab_size: int | None = None, **overrides: Any) -
     return AutoConfig.for_model(spec.model_type, **kwargs)
 
 
-def is_seq2seq(preset: str) -> bool:
-    return get_preset(preset).seq2seq
-
-
 def build_model(
     preset: str,
     vocab_size: int | None = None,
@@ -178,6 +175,56 @@ def build_model(
         return auto.from_config(config, attn_implementation=attn_implementation)
 
 
-def count_parameters(model: torch.nn.Module) -> int:
-    """Unique parameters (tied weights counted once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+DTYPE_CHOICES = ("auto", *DTYPES)
+
+
+def parse_dtype(value: str | torch.dtype | None, what: str = "dtype") -> torch.dtype | str | None:
+    """A dtype given as text (CLI flags, JSON init kwargs) -> ``torch.dtype``; ``"auto"`` (the checkpoint's
+    dtype, as ``from_pretrained`` reads it), None and ``torch.dtype`` pass through."""
+    if value is None or value == "auto" or isinstance(value, torch.dtype):
+        return value
+    name = str(value).removeprefix("torch.")
+    if name not in DTYPES:
+        raise ValueError(f"{what} must be one of {', '.join(DTYPE_CHOICES)}, got {value!r}.")
+    return DTYPES[name]
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    vocab_size: int | None = None,
+    seed: int | None = 0,
+    dtype: str | torch.dtype | None = None,
+    flag: str = "--model",
+    local_files_only: bool = True,
+    **kwargs: Any,
+) -> PreTrainedModel:
+    """A zoo preset (random init from ``seed``) or a model folder, loaded with the Auto class its config names
+    (seq2seq or causal LM). ``vocab_size`` is the tokenizer's: a preset gets that many rows, a folder whose
+    embeddings are smaller is refused. ``flag`` names the option in errors. Never downloads unless
+    ``local_files_only=False`` (then a Hub id works too)."""
+    torch_dtype = parse_dtype(dtype, flag.lstrip("-") + " dtype")
+    if name_or_path in PRESETS:
+        model = build_model(name_or_path, vocab_size=vocab_size, seed=seed, **kwargs)
+        return model.to(torch_dtype) if isinstance(torch_dtype, torch.dtype) else model
+    if local_files_only and not Path(name_or_path).is_dir():
+        raise ValueError(
+            f"{flag} {name_or_path!r} is neither a zoo preset ({', '.join(PRESETS)}) nor a local model folder."
+        )
+    if torch_dtype is not None:
+        kwargs["dtype"] = torch_dtype
+    config = AutoConfig.from_pretrained(name_or_path, local_files_only=local_files_only)
+    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    model = auto.from_pretrained(name_or_path, local_files_only=local_files_only, **kwargs)
+    rows = model.get_input_embeddings().num_embeddings
+    if vocab_size is not None and rows < vocab_size:
+        raise ValueError(
+            f"The model at {name_or_path!r} has {rows} embeddings but the tokenizer has {vocab_size} tokens: "
+            "use the model's own tokenizer (--tokenizer)."
+        )
+    return model

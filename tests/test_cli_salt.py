@@ -38,7 +38,7 @@ def test_pretrain_salt_and_salt_ds_from_the_command_line(tmp_path, capsys):
         main(
             [
                 "score",
-                "--teacher",
+                "--teacher_model_name_or_path",
                 str(teacher / "model"),
                 "--corpus",
                 "tinyshakespeare",

@@ -258,3 +258,28 @@ def test_select_errors(scored):
     with pytest.raises(ValueError, match="student has a vocabulary of 5"):
         select(scored, n=2, vocab_size=5)  # ids go up to 6
     assert np.all(np.asarray(select(scored, n=2, vocab_size=7)["input_ids"]) < 7)
+
+
+def test_cohere_logit_scale_is_applied_without_the_full_logits_fallback(data, tmp_path, caplog):
+    """Cohere multiplies its logits by logit_scale: scoring applies the same transform as the KD loss, so
+    head(hidden) matches the model's logits (no full-logits fallback) and the scores match the reference."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(
+        "cohere",
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        logit_scale=0.25,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with caplog.at_level("WARNING"):
+        scored = score_dataset(data.select(range(4)), model, top_k=TOP_K, batch_size=2, cache_dir=tmp_path)
+    assert "scoring from the full logits" not in caplog.text
+    for i, row in enumerate(scored):
+        ref = reference_scores(model, data[i], TOP_K)
+        assert _close(row["salt_ds_median"], ref["median"]) and row["salt_ds_num_learnable"] == ref["n"]

@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-from hf_salt.zoo import PRESETS, build_config, build_model, count_parameters
+from hf_salt.zoo import PRESETS, build_config, build_model
 
 SMALL = [n for n in PRESETS if n.endswith("-tiny") or n in {"llama-small", "llama-tiny-2x", "gpt2-small"}]
 
@@ -42,7 +42,7 @@ def test_seed_makes_init_reproducible():
 def test_gpu_scale_presets_have_their_advertised_size(name, low, high):
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(build_config(name))
-    assert low < count_parameters(model) < high
+    assert low < model.num_parameters() < high
 
 
 def test_width_families_share_depth_and_head_size():
@@ -55,3 +55,27 @@ def test_width_families_share_depth_and_head_size():
 def test_unknown_preset_suggests_a_name():
     with pytest.raises(ValueError, match="Did you mean llama-tiny"):
         build_config("llama-tinny")
+
+
+def test_one_loader_for_presets_and_folders(tmp_path):
+    """`load_model`: a preset is built (seeded, in the dtype asked), a folder loads with the Auto class its
+    config names, a folder smaller than the tokenizer or an unknown name is refused naming the flag."""
+    import torch
+
+    from hf_salt.zoo import load_model, parse_dtype
+
+    a = load_model("llama-tiny", vocab_size=128, seed=3, dtype="bfloat16")
+    b = build_model("llama-tiny", vocab_size=128, seed=3).to(torch.bfloat16)
+    assert a.dtype == torch.bfloat16 and all(
+        torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters())
+    )
+    build_model("t5-tiny", vocab_size=128, seed=0).save_pretrained(tmp_path / "t5")
+    t5 = load_model(str(tmp_path / "t5"), vocab_size=128)
+    assert t5.config.is_encoder_decoder and type(t5).__name__ == "T5ForConditionalGeneration"
+    with pytest.raises(ValueError, match="has 128 embeddings but the tokenizer has 200"):
+        load_model(str(tmp_path / "t5"), vocab_size=200)
+    with pytest.raises(ValueError, match="--teacher 'nope' is neither a zoo preset"):
+        load_model("nope", flag="--teacher")
+    assert parse_dtype("torch.float16") is torch.float16 and parse_dtype("auto") == "auto"
+    with pytest.raises(ValueError, match="--dtype must be one of auto, float32, bfloat16, float16"):
+        parse_dtype("half", "--dtype")

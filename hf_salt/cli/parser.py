@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,16 +36,38 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def rename_options(argv: Sequence[str], renamed: dict[str, str], prog: str | None = None) -> list[str]:
+    """Old option names -> current ones (``renamed``: old name -> new name, without dashes), with a
+    FutureWarning each, so scripts written against an old name keep working while they are updated."""
+    out = []
+    for arg in argv:
+        flag, eq, value = arg.partition("=")
+        old = flag[2:].replace("-", "_") if flag.startswith("--") else None
+        if old in renamed:
+            warnings.warn(
+                f"{prog or 'hf-salt'}: --{old} is deprecated; use --{renamed[old]} (same meaning).",
+                FutureWarning,
+                stacklevel=3,
+            )
+            arg = f"--{renamed[old]}{eq}{value}"
+        out.append(arg)
+    return out
+
+
 def parse_args(
     dataclass_types: Sequence[type],
     argv: Sequence[str],
     prog: str | None = None,
     description: str | None = None,
+    renamed: dict[str, str] | None = None,
 ) -> tuple[Any, ...]:
     """Parse `argv` into one instance per dataclass; `--config` supplies defaults.
 
-    Unknown keys in the config file are an error (a typo must not be silently ignored).
+    Unknown keys in the config file are an error (a typo must not be silently ignored). ``renamed`` maps
+    deprecated option names to current ones (on the command line and in the config file).
     """
+    renamed = dict(renamed or {})
+    argv = rename_options(argv, renamed, prog)
     parser = HfArgumentParser(list(dataclass_types), prog=prog, description=description)
     parser.add_argument(
         "--config", type=str, default=None, help="YAML or JSON file with option values (flags override)."
@@ -65,6 +88,13 @@ def parse_args(
                 break
     if config_path is not None:
         values = load_config_file(config_path)
+        for old in [k for k in values if k in renamed]:
+            warnings.warn(
+                f"{config_path}: {old} is deprecated; use {renamed[old]} (same meaning).",
+                FutureWarning,
+                stacklevel=3,
+            )
+            values[renamed[old]] = values.pop(old)
         known = {action.dest for action in parser._actions}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -88,10 +118,13 @@ class Command:
     dataclass_types: Sequence[type]
     run: Callable[..., int | None]
     description: str | None = None
+    renamed: dict[str, str] | None = None  # deprecated option name -> current name
 
     def main(self, argv: Sequence[str], prog: str | None = None) -> int:
         try:
-            parsed = parse_args(self.dataclass_types, argv, prog=prog, description=self.description)
+            parsed = parse_args(
+                self.dataclass_types, argv, prog=prog, description=self.description, renamed=self.renamed
+            )
         except (ValueError, FileNotFoundError) as err:
             print(f"{prog or 'hf-salt'}: error: {err}", file=sys.stderr)
             return 2

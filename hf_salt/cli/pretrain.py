@@ -13,12 +13,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import (
-    AutoModelForCausalLM,
-    PreTrainedModel,
-    Trainer,
-    default_data_collator,
-)
+from transformers import Trainer, default_data_collator
 
 from hf_salt.checkpoints import RESUME_HELP, AtomicCheckpointTrainer, check_fresh_start, resolve_resume
 from hf_salt.cli.parser import Command
@@ -26,7 +21,7 @@ from hf_salt.data import check_block_size, load_corpus, load_tokenizer, pack_dat
 from hf_salt.io import atomic_directory
 from hf_salt.salt.config import SALTConfig
 from hf_salt.salt.schedules import resolve_kd_steps
-from hf_salt.zoo import PRESETS, build_model, count_parameters
+from hf_salt.zoo import PRESETS, load_model
 
 
 @dataclass
@@ -102,23 +97,6 @@ class PretrainArguments(SALTConfig):
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": RESUME_HELP})
 
 
-def load_model(name_or_path: str, vocab_size: int, seed: int) -> PreTrainedModel:
-    """A zoo preset (random init) or a local folder; refuses a model smaller than the tokenizer's vocabulary."""
-    if name_or_path in PRESETS:
-        return build_model(name_or_path, vocab_size=vocab_size, seed=seed)
-    if not Path(name_or_path).is_dir():
-        raise ValueError(
-            f"--model {name_or_path!r} is neither a zoo preset ({', '.join(PRESETS)}) nor a local model folder."
-        )
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, local_files_only=True)
-    if model.get_input_embeddings().num_embeddings < vocab_size:
-        raise ValueError(
-            f"The model at {name_or_path!r} has {model.get_input_embeddings().num_embeddings} embeddings but the "
-            f"tokenizer has {vocab_size} tokens: use the model's own tokenizer (--tokenizer)."
-        )
-    return model
-
-
 def _salt_ds_collator(data_args: DataArguments, args: PretrainArguments, vocab_size: int):
     """Load the scored dataset and pick the KD-stage pool (n_KD x global batch blocks)."""
     from datasets import load_from_disk
@@ -157,7 +135,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Pre
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     check_fresh_start(training_args.output_dir, resume, getattr(training_args, "overwrite_output_dir", False))
     tokenizer = load_tokenizer(model_args.tokenizer)
-    model = load_model(model_args.model, len(tokenizer), training_args.seed)
+    model = load_model(model_args.model, vocab_size=len(tokenizer), seed=training_args.seed)
     check_block_size(data_args.block_size, model.config)
     corpus = load_corpus(data_args.corpus)
     collator = default_data_collator
@@ -173,7 +151,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Pre
         "SALT_DS" if data_args.salt_ds else "SALT" if training_args.teacher_model_name_or_path else "plain"
     )
     print(
-        f"Training {model_args.model} ({count_parameters(model) / 1e6:.2f}M parameters, {method}) on "
+        f"Training {model_args.model} ({model.num_parameters() / 1e6:.2f}M parameters, {method}) on "
         f"{data_args.corpus}: {len(train)} blocks of {data_args.block_size} tokens."
     )
     kwargs = dict(

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_salt.cli.parser import Command
 from hf_salt.step_by_step.rationales import DEFAULT_MARKER, DEFAULT_TEMPLATE, generate_rationales
+from hf_salt.zoo import DTYPE_CHOICES, parse_dtype
 
 _BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -43,7 +44,10 @@ class RationaleArguments:
     batch_size: int = field(default=8, metadata={"help": "Prompts per generate call."})
     max_new_tokens: int = field(default=128, metadata={"help": "Max tokens generated per row."})
     max_rows: int | None = field(default=None, metadata={"help": "Only the first N rows (smoke tests)."})
-    dtype: str = field(default="auto", metadata={"help": "Model dtype: auto, float32, bfloat16 or float16."})
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "Model dtype: auto, float32, bfloat16 or float16.", "choices": list(DTYPE_CHOICES)},
+    )
     device: str | None = field(
         default=None, metadata={"help": "cuda, cpu, ...; default: cuda when available."}
     )
@@ -51,8 +55,7 @@ class RationaleArguments:
     def __post_init__(self) -> None:
         if Path(self.data).suffix not in _BUILDERS:
             raise ValueError(f"--data must be one of {sorted(_BUILDERS)} files, got {self.data!r}.")
-        if self.dtype not in {"auto", "float32", "bfloat16", "float16"}:
-            raise ValueError(f"--dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}.")
+        parse_dtype(self.dtype, "--dtype")
 
 
 def run(a: RationaleArguments) -> int:
@@ -61,7 +64,7 @@ def run(a: RationaleArguments) -> int:
         rows = rows.select(range(min(a.max_rows, len(rows))))
     prompt = Path(a.prompt_file).read_text() if a.prompt_file else ""
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = "auto" if a.dtype == "auto" else getattr(torch, a.dtype)
+    dtype = parse_dtype(a.dtype, "--dtype")
     tokenizer = AutoTokenizer.from_pretrained(a.model, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(a.model, local_files_only=True, dtype=dtype).to(device)
     result = generate_rationales(

@@ -3,7 +3,8 @@
 The corpus (embedded name or local files) is packed into `--block_size` blocks with the tokenizer, scored
 with `hf_salt.salt_ds.score_dataset` (cached, batched, GPU when present; under `accelerate launch` every
 rank scores a shard) and written with `save_to_disk` to a temporary folder renamed into place, so
-`--output_dir` holds a complete dataset or nothing. Train with it: `hf-salt pretrain --salt-ds OUTPUT_DIR`.
+`--output_dir` holds a complete dataset or nothing. Train with it: `hf-salt pretrain --salt_ds OUTPUT_DIR`
+(with the same `--teacher_model_name_or_path` and `--block_size`).
 """
 
 from __future__ import annotations
@@ -11,17 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from hf_salt.cli.parser import Command
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from hf_salt.zoo import DTYPE_CHOICES, parse_dtype
 
 
 @dataclass
 class ScoreArguments:
-    teacher: str = field(
-        metadata={"help": "The scoring model: a local model folder or an hf-salt zoo preset name."}
+    teacher_model_name_or_path: str = field(
+        metadata={
+            "help": "The scoring model (SALT's small teacher): a local model folder or an hf-salt zoo preset name."
+        }
     )
     output_dir: str = field(metadata={"help": "Folder for the scored dataset (save_to_disk format)."})
     corpus: str = field(
@@ -43,7 +43,7 @@ class ScoreArguments:
     top_k: int = field(
         default=10, metadata={"help": "A token is learnable if it is in the teacher's top-k (paper: 10)."}
     )
-    statistic: str = field(
+    salt_ds_statistic: str = field(
         default="median",
         metadata={
             "help": "Per-sequence statistic of the learnable losses: median (paper) or mean.",
@@ -56,7 +56,10 @@ class ScoreArguments:
     )
     dtype: str = field(
         default="float32",
-        metadata={"help": "Teacher dtype: float32, bfloat16, float16.", "choices": list(_DTYPES)},
+        metadata={
+            "help": "Teacher dtype: float32, bfloat16, float16, or auto (the checkpoint's).",
+            "choices": list(DTYPE_CHOICES),
+        },
     )
     seed: int = field(default=0, metadata={"help": "Initialisation seed when the teacher is a zoo preset."})
     overwrite: bool = field(default=False, metadata={"help": "Replace --output_dir if it exists."})
@@ -70,30 +73,13 @@ class ScoreArguments:
             raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}.")
         if self.max_blocks is not None and self.max_blocks < 1:
             raise ValueError(f"--max_blocks must be >= 1, got {self.max_blocks}.")
-        if self.statistic not in ("median", "mean"):
-            raise ValueError("--statistic must be median or mean.")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"--dtype must be one of {', '.join(_DTYPES)}.")
+        if self.salt_ds_statistic not in ("median", "mean"):
+            raise ValueError("--salt_ds_statistic must be median or mean.")
+        parse_dtype(self.dtype, "--dtype")
         if Path(self.output_dir).exists() and any(Path(self.output_dir).iterdir()) and not self.overwrite:
             raise ValueError(
                 f"--output_dir {self.output_dir!r} exists and is not empty: pass --overwrite or pick another."
             )
-
-
-def _load_teacher(args: ScoreArguments, vocab_size: int):
-    from transformers import AutoModelForCausalLM
-
-    from hf_salt.zoo import PRESETS, build_model
-
-    if args.teacher in PRESETS:
-        return build_model(args.teacher, vocab_size=vocab_size, seed=args.seed).to(_DTYPES[args.dtype])
-    if not Path(args.teacher).is_dir():
-        raise ValueError(
-            f"--teacher {args.teacher!r} is neither a zoo preset ({', '.join(PRESETS)}) nor a local folder."
-        )
-    return AutoModelForCausalLM.from_pretrained(
-        args.teacher, local_files_only=True, dtype=_DTYPES[args.dtype]
-    )
 
 
 def run(args: ScoreArguments) -> int:
@@ -102,12 +88,20 @@ def run(args: ScoreArguments) -> int:
     from hf_salt.data import check_block_size, load_corpus, load_tokenizer, pack_dataset
     from hf_salt.io import atomic_directory
     from hf_salt.salt_ds import score_dataset
+    from hf_salt.zoo import load_model
 
+    teacher_path = args.teacher_model_name_or_path
     tokenizer_path = args.tokenizer
-    if tokenizer_path is None and Path(args.teacher, "tokenizer.json").is_file():
-        tokenizer_path = args.teacher
+    if tokenizer_path is None and Path(teacher_path, "tokenizer.json").is_file():
+        tokenizer_path = teacher_path
     tokenizer = load_tokenizer(tokenizer_path)
-    teacher = _load_teacher(args, len(tokenizer))
+    teacher = load_model(
+        teacher_path,
+        vocab_size=len(tokenizer),
+        seed=args.seed,
+        dtype=args.dtype,
+        flag="--teacher_model_name_or_path",
+    )
     check_block_size(args.block_size, teacher.config)
     corpus = load_corpus(args.corpus)
     if args.split not in corpus:
@@ -118,13 +112,13 @@ def run(args: ScoreArguments) -> int:
     state = PartialState()
     if state.is_main_process:
         print(
-            f"Scoring {len(blocks)} blocks of {args.block_size} tokens from {args.corpus}/{args.split} with {args.teacher}."
+            f"Scoring {len(blocks)} blocks of {args.block_size} tokens from {args.corpus}/{args.split} with {teacher_path}."
         )
     scored = score_dataset(
         blocks,
         teacher,
         top_k=args.top_k,
-        statistic=args.statistic,
+        statistic=args.salt_ds_statistic,
         batch_size=args.batch_size,
         chunk_size=args.chunk_size,
     )
@@ -137,4 +131,9 @@ def run(args: ScoreArguments) -> int:
     return 0
 
 
-COMMAND = Command([ScoreArguments], run, description=__doc__)
+COMMAND = Command(
+    [ScoreArguments],
+    run,
+    description=__doc__,
+    renamed={"teacher": "teacher_model_name_or_path", "statistic": "salt_ds_statistic"},
+)

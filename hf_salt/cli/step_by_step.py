@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
-
 from hf_salt.checkpoints import RESUME_HELP, check_fresh_start, resolve_resume
 from hf_salt.cli.parser import Command
 from hf_salt.data import load_tokenizer
@@ -19,7 +17,7 @@ from hf_salt.io import save_pretrained_atomic
 from hf_salt.step_by_step.config import StepByStepConfig
 from hf_salt.step_by_step.data import SHIPPED_DATASETS, load_step_by_step
 from hf_salt.step_by_step.trainer import StepByStepTrainer
-from hf_salt.zoo import PRESETS, build_model
+from hf_salt.zoo import load_model
 
 
 @dataclass
@@ -75,19 +73,6 @@ class StepByStepCLIConfig(StepByStepConfig):
     )
 
 
-def load_model(name_or_path: str, vocab_size: int, seed: int) -> PreTrainedModel:
-    """A zoo preset (random init) or a local seq2seq / causal LM folder, never downloaded."""
-    if name_or_path in PRESETS:
-        return build_model(name_or_path, vocab_size=vocab_size, seed=seed)
-    if not Path(name_or_path).is_dir():
-        raise ValueError(
-            f"--model {name_or_path!r} is neither a zoo preset ({', '.join(PRESETS)}) nor a local folder."
-        )
-    config = AutoConfig.from_pretrained(name_or_path, local_files_only=True)
-    cls = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-    return cls.from_pretrained(name_or_path, local_files_only=True)
-
-
 def run(script: StepByStepScriptArguments, args: StepByStepCLIConfig) -> int:
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     check_fresh_start(args.output_dir, resume, getattr(args, "overwrite_output_dir", False))
@@ -102,7 +87,7 @@ def run(script: StepByStepScriptArguments, args: StepByStepCLIConfig) -> int:
     if script.max_eval_samples:
         evaluation = evaluation.select(range(min(len(evaluation), script.max_eval_samples)))
     tokenizer = load_tokenizer(script.tokenizer)
-    model = load_model(script.model, len(tokenizer), args.seed)
+    model = load_model(script.model, vocab_size=len(tokenizer), seed=args.seed)
     trainer = StepByStepTrainer(
         model, args, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer
     )

@@ -138,6 +138,16 @@ def transform_logits(
     return logits
 
 
+def logit_transform(config: Any) -> tuple[float | None, float | None]:
+    """(scale, softcap) a model applies to its final logits, read from its config: Cohere ``logit_scale``,
+    Granite 1/``logits_scaling``, Gemma 2/3 ``final_logit_softcapping``. The one place that knows them; the
+    fused KD loss and SALT_DS scoring both apply it with :func:`transform_logits`."""
+    scale = getattr(config, "logit_scale", None)
+    if getattr(config, "logits_scaling", None):
+        scale = 1.0 / config.logits_scaling
+    return scale, getattr(config, "final_logit_softcapping", None)
+
+
 def shift_targets(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """HF causal-LM convention: hidden[t] predicts labels[t + 1]. The last position predicts nothing.
 

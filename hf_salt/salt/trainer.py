@@ -18,6 +18,7 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
+from accelerate.utils import is_peft_model
 from torch import nn
 from torch.utils.data import SequentialSampler
 from transformers import AutoModelForCausalLM, PreTrainedModel, Trainer
@@ -25,9 +26,10 @@ from transformers.utils import logging
 
 from hf_salt.data.sft import prepare_trainer_data
 from hf_salt.salt.config import SALTConfig
-from hf_salt.salt.losses import KDLossOutput, fused_kd_loss
+from hf_salt.salt.losses import KDLossOutput, fused_kd_loss, logit_transform
 from hf_salt.salt.schedules import KDScheduleCallback, KDState, get_schedule
 from hf_salt.trainer_base import TrainerBase, paper
+from hf_salt.zoo import parse_dtype
 
 logger = logging.get_logger(__name__)
 
@@ -36,17 +38,9 @@ logger = logging.get_logger(__name__)
 _HAS_GA_FLAG = hasattr(Trainer, "loss_is_scaled_for_ga")
 
 
-def _is_peft(model: nn.Module) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover - peft is a dependency
-        return False
-    return isinstance(model, PeftModel)
-
-
 def _causal_lm(model: nn.Module) -> PreTrainedModel:
     """The `*ForCausalLM` module under DDP/DeepSpeed/PEFT wrappers."""
-    return model.get_base_model() if _is_peft(model) else model
+    return model.get_base_model() if is_peft_model(model) else model
 
 
 def _decoder_and_head(lm: PreTrainedModel) -> tuple[nn.Module, nn.Module]:
@@ -59,15 +53,6 @@ def _decoder_and_head(lm: PreTrainedModel) -> tuple[nn.Module, nn.Module]:
             f"{getattr(lm, 'base_model_prefix', None)!r}); SALTTrainer needs a *ForCausalLM model."
         )
     return decoder, head
-
-
-def _logit_transform(config: Any) -> tuple[float | None, float | None]:
-    """(scale, softcap) a model applies to its logits: Cohere `logit_scale`, Granite 1/`logits_scaling`,
-    Gemma 2/3 `final_logit_softcapping`."""
-    scale = getattr(config, "logit_scale", None)
-    if getattr(config, "logits_scaling", None):
-        scale = 1.0 / config.logits_scaling
-    return scale, getattr(config, "final_logit_softcapping", None)
 
 
 def _gathered(params: list[torch.Tensor | None]):
@@ -112,12 +97,6 @@ def _redirect_forward(wrapper: nn.Module, inner: nn.Module, fn: Callable[..., An
         return wrapper(**kwargs)
     finally:
         restore()
-
-
-def _torch_dtype(value: Any) -> Any:
-    if isinstance(value, str) and value != "auto":
-        return getattr(torch, value)
-    return value
 
 
 class SALTTrainer(TrainerBase, Trainer):
@@ -206,7 +185,7 @@ class SALTTrainer(TrainerBase, Trainer):
         init_kwargs = dict(args.teacher_model_init_kwargs or {})
         for key in ("dtype", "torch_dtype"):
             if key in init_kwargs:
-                init_kwargs[key] = _torch_dtype(init_kwargs[key])
+                init_kwargs[key] = parse_dtype(init_kwargs[key], f"teacher_model_init_kwargs[{key!r}]")
         if isinstance(teacher, str):
             from transformers.integrations import deepspeed as hf_ds
 
@@ -282,8 +261,8 @@ class SALTTrainer(TrainerBase, Trainer):
         return tok_len
 
     def _warn_if_teacher_larger(self) -> None:
-        n_t = sum(p.numel() for p in self._teacher_module.parameters())
-        n_s = sum(p.numel() for p in self.accelerator.unwrap_model(self.model).parameters())
+        n_t = self._teacher_module.num_parameters()
+        n_s = self.accelerator.unwrap_model(self.model).num_parameters()
         if n_t > n_s:
             warnings.warn(
                 f"The teacher ({n_t:,} parameters) is larger than the student ({n_s:,}). SALT is about SMALL teachers "
@@ -379,7 +358,7 @@ class SALTTrainer(TrainerBase, Trainer):
         if teacher_hidden is not None:
             teacher = self._teacher_module
             teacher_head = teacher.get_output_embeddings()
-            t_scale, t_cap = _logit_transform(teacher.config)
+            t_scale, t_cap = logit_transform(teacher.config)
         params = [head.weight, bias]
         if teacher_head is not None:
             params += [teacher_head.weight, getattr(teacher_head, "bias", None)]
@@ -392,7 +371,7 @@ class SALTTrainer(TrainerBase, Trainer):
                 w, b = w[:n], (b[:n] if b is not None else None)
                 t_w = t_w[:n] if t_w is not None else None
                 t_b = t_b[:n] if t_b is not None else None
-            s_scale, s_cap = _logit_transform(lm.config)
+            s_scale, s_cap = logit_transform(lm.config)
             return fused_kd_loss(
                 hidden,
                 w,

@@ -13,6 +13,7 @@ projected at all.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -23,6 +24,8 @@ import datasets
 import numpy as np
 import torch
 from torch import nn
+
+from hf_salt.salt.losses import logit_transform, transform_logits
 
 logger = logging.getLogger(__name__)
 
@@ -105,11 +108,12 @@ def _pad(values: Any, pad: int) -> torch.Tensor:
 
 
 def _final_logit_transform(teacher: nn.Module):
-    """Final logit soft-capping (Gemma 2 style) if the config asks for it; None otherwise."""
-    cap = getattr(getattr(teacher, "config", None), "final_logit_softcapping", None)
-    if cap:
-        return lambda logits: torch.tanh(logits / cap) * cap
-    return None
+    """The teacher's final logit transform (scale, soft-cap; see `hf_salt.salt.losses.logit_transform`), or
+    None when its logits are plain head(hidden)."""
+    scale, cap = logit_transform(getattr(teacher, "config", None))
+    if scale in (None, 1.0) and not cap:
+        return None
+    return functools.partial(transform_logits, logit_scale=scale, softcap=cap)
 
 
 @torch.no_grad()

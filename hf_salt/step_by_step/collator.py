@@ -24,7 +24,6 @@ logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 RAW_COLUMNS = ("input", "label", "rationale", "llm_label")
-TOKEN_COLUMNS = ("label_source", "label_target", "rationale_source", "rationale_target")
 
 
 class StepByStepCollator:

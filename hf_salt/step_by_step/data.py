@@ -20,7 +20,7 @@ import gzip
 import json
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -305,14 +305,6 @@ def _load_official(
         splits["validation"] = _load_official_split(folder, name, "valid", nli_separator)
     splits["test"] = _load_official_split(folder, name, "test", nli_separator)
     return _split_valid(DatasetDict(splits), valid_fraction, seed)
-
-
-def missing_rationales(dataset: Dataset | Sequence[dict[str, Any]]) -> int:
-    """Rows whose rationale is empty: they are trained on the label task only."""
-    column = (
-        dataset["rationale"] if isinstance(dataset, Dataset) else [r.get("rationale", "") for r in dataset]
-    )
-    return sum(1 for r in column if not (r or "").strip())
 
 
 def from_prompt_completion(

@@ -1,4 +1,4 @@
-"""Label metrics for distilling step-by-step: accuracy, exact match, and SVAMP equations compared by value.
+"""Label metrics for distilling step-by-step: exact match (the label accuracy), and SVAMP equations compared by value.
 
 The official code scores SVAMP by running Python `eval()` on both the gold and the *generated* equation.
 Model output is untrusted text, so here equations go through `safe_arithmetic`, a small AST evaluator that
@@ -8,12 +8,9 @@ allows numbers, + - * / ** (bounded), parentheses and unary signs, and rejects e
 from __future__ import annotations
 
 import ast
-import functools
 import math
 import operator
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -21,7 +18,6 @@ MAX_EXPONENT = 64  # |b| in a ** b
 MAX_MAGNITUDE = 1e100  # any intermediate result beyond this is rejected
 MAX_EXPRESSION_CHARS = 512
 MAX_NODES = 200
-LABEL_ACCURACY_MODULE = Path(__file__).resolve().parent.parent / "assets" / "metrics" / "label_accuracy"
 
 _BINARY: dict[type, Callable[[float, float], float]] = {
     ast.Add: operator.add,
@@ -114,27 +110,6 @@ def equation_accuracy(
     return hits / len(references)
 
 
-def label_accuracy(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Accuracy over label strings with `evaluate`, from a metric module shipped in hf-salt.
-
-    `evaluate.load("accuracy")` fetches its script from the Hub (it fails offline), so hf-salt ships the
-    same formula as a local `evaluate` module (`hf_salt/assets/metrics/label_accuracy`) that loads offline.
-    """
-    _check_lengths(predictions, references)
-    if not references:
-        return 0.0
-    return float(
-        _accuracy_metric().compute(predictions=list(predictions), references=list(references))["accuracy"]
-    )
-
-
-@functools.lru_cache(maxsize=1)
-def _accuracy_metric() -> Any:
-    import evaluate
-
-    return evaluate.load(str(LABEL_ACCURACY_MODULE))
-
-
 def _check_lengths(predictions: Sequence[str], references: Sequence[str]) -> None:
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
@@ -143,14 +118,15 @@ def _check_lengths(predictions: Sequence[str], references: Sequence[str]) -> Non
 def compute_label_metrics(
     predictions: Sequence[str], references: Sequence[str], metric: str = "exact_match"
 ) -> dict[str, float]:
-    """The metrics the trainer reports: `accuracy` (main; by value for `metric="equation"`), `exact_match`."""
+    """The metrics the trainer reports: `accuracy` (main; by value for `metric="equation"`, else the share of
+    labels equal to the gold one, i.e. `exact_match`) and `exact_match` (the official string match)."""
     preds = [p.strip() for p in predictions]
     refs = [r.strip() for r in references]
     out = {"exact_match": exact_match(preds, refs)}
     if metric == "equation":
         out["accuracy"] = equation_accuracy(preds, refs)
     elif metric == "exact_match":
-        out["accuracy"] = label_accuracy(preds, refs)
+        out["accuracy"] = out["exact_match"]
     else:
         raise ValueError(f"metric must be 'exact_match' or 'equation', got {metric!r}.")
     return out
