@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from hf_salt import hypercloning as hc
+from hf_salt.zoo import parse_dtype
 
 
 def rss_gb() -> float:
@@ -44,10 +45,6 @@ class PeakRSS:
         self.peak = max(self.peak, rss_gb())
 
 
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hidden", type=int, default=2048)
@@ -63,7 +60,7 @@ def main() -> None:
         "--verify", action="store_true", help="also run verify() on 1x8 tokens (slow for big models)"
     )
     args = ap.parse_args()
-    dtype = getattr(torch, args.dtype)
+    dtype = parse_dtype(args.dtype, "--dtype")
     cfg = LlamaConfig(
         hidden_size=args.hidden, intermediate_size=args.ffn, num_hidden_layers=args.layers,
         num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, vocab_size=args.vocab,
@@ -83,14 +80,14 @@ def main() -> None:
     src.eval()
     before = rss_gb()
     print(
-        f"source: {n_params(src) / 1e9:.3f}B params {args.dtype}, built in {time.perf_counter() - t0:.1f}s, RSS {before:.2f} GB"
+        f"source: {src.num_parameters() / 1e9:.3f}B params {args.dtype}, built in {time.perf_counter() - t0:.1f}s, RSS {before:.2f} GB"
     )
     with PeakRSS() as peak:
         t = time.perf_counter()
         big = hc.clone(src, args.width, snr_db=args.snr_db, warn_symmetry=False)
         secs = time.perf_counter() - t
     print(
-        f"clone {args.width}x: {n_params(big) / 1e9:.3f}B params in {secs:.1f}s on {torch.get_num_threads()} threads; "
+        f"clone {args.width}x: {big.num_parameters() / 1e9:.3f}B params in {secs:.1f}s on {torch.get_num_threads()} threads; "
         f"RSS {before:.2f} -> peak {peak.peak:.2f} GB (+{peak.peak - before:.2f}); "
         f"destination tensors {sum(t.numel() * t.element_size() for t in {id(p): p for p in big.parameters()}.values()) / 2**30:.2f} GB; "
         f"ru_maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB"

@@ -19,7 +19,7 @@ import datasets
 import torch
 
 from hf_salt.salt_ds import score_dataset
-from hf_salt.zoo import build_model
+from hf_salt.zoo import build_model, parse_dtype
 
 
 def main() -> None:
@@ -42,7 +42,9 @@ def main() -> None:
 
     device = torch.device(args.device)
     model = (
-        build_model(args.preset, vocab_size=args.vocab, seed=0).to(device, getattr(torch, args.dtype)).eval()
+        build_model(args.preset, vocab_size=args.vocab, seed=0)
+        .to(device, parse_dtype(args.dtype, "--dtype"))
+        .eval()
     )
     ids = torch.randint(0, args.vocab, (args.rows, args.seq), generator=torch.Generator().manual_seed(0))
     ds = datasets.Dataset.from_dict(

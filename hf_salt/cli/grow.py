@@ -15,8 +15,7 @@ from typing import Any
 import torch
 
 from hf_salt.cli.parser import Command
-
-_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from hf_salt.zoo import DTYPE_CHOICES, parse_dtype
 
 
 @dataclass
@@ -55,7 +54,7 @@ class GrowArguments:
         default="auto",
         metadata={
             "help": "Dtype of the grown model: auto (the source's), float32, bfloat16, float16.",
-            "choices": list(_DTYPES),
+            "choices": list(DTYPE_CHOICES),
         },
     )
     seed: int = field(default=0, metadata={"help": "Seed of the symmetry-breaking noise."})
@@ -86,8 +85,7 @@ class GrowArguments:
             raise ValueError(
                 "--" + str(err).replace("_", "-", 1) if str(err)[:1].islower() else str(err)
             ) from err
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"--dtype must be one of {', '.join(_DTYPES)}.")
+        parse_dtype(self.dtype, "--dtype")
         if not self._is_preset():
             check_source_folder(self.src)
         check_output_folder(self.dst, self.overwrite)  # before any loading or growing
@@ -114,7 +112,7 @@ def _load_source(src: str) -> tuple[Any, Any]:
         except ImportError:
             zoo = None  # type: ignore[assignment]
         if zoo is not None and src in zoo.PRESETS:
-            return zoo.build_model(src, seed=0, attn_implementation="eager"), None
+            return zoo.load_model(src, seed=0, attn_implementation="eager"), None
     model = load_source(src)
     try:
         tokenizer = AutoTokenizer.from_pretrained(src)
@@ -136,7 +134,7 @@ def run(args: GrowArguments) -> int:
             args.ffn_multiplier,
             args.snr_db,
             tie_word_embeddings=False if args.untie_word_embeddings else None,
-            dtype=_DTYPES[args.dtype],
+            dtype=None if args.dtype == "auto" else parse_dtype(args.dtype),  # None: the source's
             depth_multiplier=args.depth_multiplier,
             depth_mode=args.depth_mode,  # type: ignore[arg-type]
             seed=args.seed,
@@ -147,8 +145,7 @@ def run(args: GrowArguments) -> int:
     except (ValueError, NotImplementedError) as err:
         print(f"hf-salt grow: error: {err}", file=sys.stderr)
         return 2
-    n_src = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    n_dst = sum(p.numel() for p in {id(p): p for p in grown.parameters()}.values())
+    n_src, n_dst = model.num_parameters(), grown.num_parameters()
     summary = f"{type(grown).__name__}: {n_src / 1e6:.2f}M -> {n_dst / 1e6:.2f}M parameters"
     if args.verify:
         diff = verify(model, grown)
