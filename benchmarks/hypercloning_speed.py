@@ -51,11 +51,11 @@ def main() -> None:
     ap.add_argument("--ffn", type=int, default=8192)
     ap.add_argument("--layers", type=int, default=16)
     ap.add_argument("--heads", type=int, default=32)
-    ap.add_argument("--kv-heads", type=int, default=8)
+    ap.add_argument("--kv_heads", "--kv-heads", type=int, default=8)
     ap.add_argument("--vocab", type=int, default=128256)
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     ap.add_argument("--width", type=int, default=2)
-    ap.add_argument("--snr-db", type=float, default=None)
+    ap.add_argument("--snr_db", "--snr-db", type=float, default=None)
     ap.add_argument(
         "--verify", action="store_true", help="also run verify() on 1x8 tokens (slow for big models)"
     )

@@ -1,6 +1,6 @@
 """SALT_DS scoring throughput vs the teacher's plain forward, same model, data and hardware, one run.
 
-    python benchmarks/salt_ds_throughput.py --preset llama-small-2x --seq 256 --rows 64 --batch-size 8
+    python benchmarks/salt_ds_throughput.py --preset llama-small-2x --seq 256 --rows 64 --batch_size 8
 
 "plain forward" = `model(input_ids).logits` (full [batch, seq, vocab] logits, no_grad), the speed a
 scoring pass is held against. "score_dataset" = the whole `hf_salt.salt_ds.score_dataset` call (Arrow
@@ -28,9 +28,9 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--rows", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--chunk-size", type=int, default=None)
-    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--batch_size", "--batch-size", type=int, default=8)
+    p.add_argument("--chunk_size", "--chunk-size", type=int, default=None)
+    p.add_argument("--top_k", "--top-k", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
