@@ -16,6 +16,7 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from transformers.utils import logging
 
@@ -134,7 +135,7 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         _usual_mode(Path(tmp), 0o666)
         os.replace(tmp, path)
@@ -144,9 +145,18 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return path
 
 
-def save_pretrained_atomic(path: str | Path, *objects: object) -> Path:
-    """`save_pretrained` each object (model, tokenizer, ...) into `path`, atomically."""
-    with atomic_directory(path) as tmp:
-        for obj in objects:
-            obj.save_pretrained(str(tmp))  # type: ignore[attr-defined]
-    return Path(path)
+def save_pretrained_atomic(
+    model: Any,
+    save_directory: str | os.PathLike,
+    *,
+    tokenizer: Any | None = None,
+    overwrite: bool = True,
+    **save_kwargs: Any,
+) -> Path:
+    """``model.save_pretrained`` (and the tokenizer's) into `save_directory`, atomically: a complete folder or
+    nothing (see :func:`atomic_directory`)."""
+    with atomic_directory(save_directory, overwrite=overwrite) as tmp:
+        model.save_pretrained(str(tmp), **save_kwargs)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+    return Path(save_directory)

@@ -27,13 +27,14 @@ import logging
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from accelerate.utils import is_peft_model
 from huggingface_hub import ModelCard, ModelCardData
+
+from hf_salt.io import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -260,7 +261,7 @@ def write_model_card(
     if _is_main_process(trainer):
         output_dir = Path(trainer.args.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(output_dir / "README.md", text)
+        write_text_atomic(output_dir / "README.md", text)
     return text
 
 
@@ -643,16 +644,3 @@ def _framework_versions() -> list[tuple[str, str]]:
 def _is_main_process(trainer: Any) -> bool:
     check = getattr(trainer, "is_world_process_zero", None)
     return bool(check()) if callable(check) else True
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename: readers see the old or the new card."""
-    fd, tmp = tempfile.mkstemp(prefix=".README.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -95,7 +95,7 @@ def run(script: StepByStepScriptArguments, args: StepByStepCLIConfig) -> int:
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
     if trainer.is_world_process_zero():
-        out = save_pretrained_atomic(Path(args.output_dir) / "model", trainer.model, tokenizer)
+        out = save_pretrained_atomic(trainer.model, Path(args.output_dir) / "model", tokenizer=tokenizer)
         print(f"label accuracy {metrics.get('eval_accuracy', float('nan')):.4f}; model saved to {out}")
     return 0
 
