@@ -240,6 +240,10 @@ def test_same_data_order_in_every_arm(tmp_path):
     assert len(order) == 32
     expected = bench.train.select(engine.ordered_indices(len(bench.train), 32, 0).tolist())["input_ids"]
     assert order["input_ids"] == expected
+    # the data-order hook: another order function, the same machinery (here: the corpus in its own order)
+    natural = bench_mod.Benchmark(cfg, order=lambda n_rows, n, seed: np.arange(n) % n_rows)
+    natural.train = bench.train
+    assert natural.order(0, cfg.max_steps)["input_ids"] == bench.train["input_ids"][:32]
     args = TrainingArguments(output_dir=str(tmp_path / "t"), per_device_train_batch_size=4, report_to="none")
     trainer = engine.in_order(Trainer)(
         model=build_model("llama-tiny", seed=0), args=args, train_dataset=order
