@@ -216,3 +216,16 @@ def test_divergence_registry_drives_the_loss_and_the_backend_choice(monkeypatch)
         resolve_backend("liger", divergence="tv", **kw)
     with pytest.raises(ValueError, match="soft-capping"):
         resolve_backend("liger", divergence="jsd", device=cuda, plain_logits=False, has_teacher=True)
+
+
+def test_fused_loss_follows_autocast():
+    """Under autocast the head matmuls run in the autocast dtype (as F.linear would), not in the fp32 buffers."""
+    hs, ws, ht, wt, labels, _, _ = _make(5, "prefix")
+    plain = fused_kd_loss(hs, ws, ht, wt, labels, kd_weight=0.5, chunk_size=7, backend="torch")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = fused_kd_loss(hs, ws, ht, wt, labels, kd_weight=0.5, chunk_size=7, backend="torch")
+    zs = F.linear(hs.bfloat16(), ws.bfloat16()).float()
+    zt = F.linear(ht.bfloat16(), wt.bfloat16()).float()
+    ref = kd_loss_from_logits(zs, zt, labels, kd_weight=0.5)
+    torch.testing.assert_close(auto.loss, ref.loss, atol=1e-5, rtol=1e-5)
+    assert abs(float(plain.loss) - float(ref.loss)) > 1e-4  # bf16 logits really differ from fp32 ones

@@ -257,7 +257,8 @@ def _autograd_chunk(hs, w_s, b_s, ht, w_t, b_t, tgt, cfg: _ChunkCfg, inv_norm, w
 def _logits_into(out: torch.Tensor, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     """``h @ w.T + b`` written into a reused buffer: a fresh ``[chunk, vocab]`` tensor per chunk costs more than
     the passes over it on CPU (page faults of a new allocation)."""
-    if h.dtype == w.dtype == out.dtype:
+    # under autocast an out= matmul would run in the buffer's fp32 instead of bf16: let autocast pick, then copy
+    if h.dtype == w.dtype == out.dtype and not torch.is_autocast_enabled(h.device.type):
         return torch.mm(h, w.t(), out=out) if b is None else torch.addmm(b, h, w.t(), out=out)
     return out.copy_(F.linear(h, w, b))
 
