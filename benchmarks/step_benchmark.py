@@ -66,7 +66,7 @@ CONFIGS = {
     "cpu": StepConfig(8192, 256, 4, 4, 2, 640, 128, 2, 2, 1, 320, batch=8, seq=256, rounds=8, warmup=2),
     # real sizes: a Llama student 1536 x 16 layers and its 768 x 8 teacher, vocabulary 128256, 4 x 2048 tokens
     "gpu": StepConfig(
-        128256, 1536, 16, 12, 4, 4096, 768, 8, 6, 2, 2048, batch=4, seq=2048, rounds=8, warmup=2, bf16=True
+        128256, 1536, 16, 12, 4, 4096, 768, 8, 6, 2, 2048, batch=4, seq=2048, rounds=6, warmup=2, bf16=True
     ),
     # tiny: the same code path in seconds (CI)
     "smoke": StepConfig(512, 64, 2, 4, 2, 128, 32, 1, 2, 1, 64, batch=2, seq=32, rounds=2, warmup=1),
