@@ -213,3 +213,30 @@ def test_step_by_step_takes_prompt_completion_rows(tmp_path, tok):
         rows[0]["label"] == f"{answers[0]}<|endoftext|>" and rows[0]["rationale"] == ""
     )  # the rest of the chat
     assert len(_step_trainer(tmp_path, tok, chat).train_dataset) == 8
+
+
+def test_load_step_by_step_reads_prompt_completion_files(tmp_path):
+    import json
+
+    from hf_salt.step_by_step import load_step_by_step
+
+    rows = [{"prompt": f"q{i}?", "completion": f"a{i}", "rationale": f"because {i}"} for i in range(10)]
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    data = load_step_by_step(str(path), valid_fraction=0.2)
+    row = data["train"][0]
+    assert set(data["train"].column_names) == {"input", "label", "rationale", "llm_label"}
+    i = int(row["input"][1:-1])
+    assert row == {"input": f"q{i}?", "label": f"a{i}", "rationale": f"because {i}", "llm_label": f"a{i}"}
+    assert len(data["train"]) + len(data["validation"]) == 10
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(
+        json.dumps(
+            {
+                "prompt": [{"role": "user", "content": "q"}],
+                "completion": [{"role": "assistant", "content": "a"}],
+            }
+        )
+    )
+    with pytest.raises(ValueError, match="chat template"):
+        load_step_by_step(str(chat))

@@ -7,7 +7,8 @@
   under `hf_salt/assets/step_by_step/`, Apache-2.0, so it works offline),
 - a local folder in the official release format (`<ds>_<split>.json` split files plus
   `llm/<split>_CoT_<k>.json` PaLM continuations) for cqa, svamp, esnli or anli1,
-- a user's own JSON / JSON Lines / CSV / parquet file(s) or `save_to_disk` folder with those columns.
+- a user's own JSON / JSON Lines / CSV / parquet file(s) or `save_to_disk` folder with those columns, or with
+  TRL's `prompt` / `completion` (+ optional `rationale`) columns (see `from_prompt_completion`).
 
 The PaLM continuations are parsed with the official per-dataset rules (`data_utils.py` of
 google-research/distilling-step-by-step), made total: where the official code would crash or return
@@ -195,6 +196,14 @@ def _detect_official(folder: Path, dataset: str | None) -> str | None:
 
 
 def _normalise_user(ds: Dataset, source: str) -> Dataset:
+    if "input" not in ds.column_names and "prompt" in ds.column_names and len(ds):
+        if isinstance(ds[0]["prompt"], list):
+            raise ValueError(
+                f"{source}: conversational prompt/completion rows need a chat template to become text; load them "
+                "with datasets and pass them to StepByStepTrainer with processing_class=<tokenizer with a "
+                "chat_template>."
+            )
+        ds = from_prompt_completion(ds)  # TRL prompt/completion rows: prompt -> input, completion -> label
     missing = [c for c in ("input", "label") if c not in ds.column_names]
     if missing:
         raise ValueError(
