@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine:
 #   make demo   -> creates .venv, installs hf-salt, runs `hf-salt demo` on the embedded WikiText-2
+#                  (models, results.json and curves.png go to ./hf-salt-demo/; `make clean` removes it)
 #   make test   -> same set-up, then the whole test suite
 #
 # torch: the default set-up pins one release (TORCH=torch==2.13.0). On the CI machines this
@@ -10,13 +11,17 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 EXTRAS ?= test
-# DeepSpeed (ZeRO CPU tests) is an sdist: built against the venv's torch (--no-build-isolation: no CUDA torch
-# pulled into an isolated build), without CUDA ops, with its CPU shared-memory comm op compiled ahead of time
-# (else the first gloo run JIT-compiles it for minutes). `make test DEEPSPEED=` skips it.
+# DeepSpeed (ZeRO CPU tests; only `make test` needs it, so `make demo` never builds it) is an sdist: built
+# against the venv's torch (--no-build-isolation: no CUDA torch pulled into an isolated build), without CUDA
+# ops, with its CPU shared-memory comm op compiled ahead of time (else the first gloo run JIT-compiles it for
+# minutes). `make test DEEPSPEED=` skips it.
 DEEPSPEED ?= deepspeed==0.19.8
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip -q --disable-pip-version-check
 STAMP := $(VENV)/.hf-salt-installed
+DS_STAMP := $(VENV)/.hf-salt-deepspeed
+# where `hf-salt demo` writes by default (its --output_dir): removed by `make clean`
+DEMO_DIR ?= hf-salt-demo
 
 .PHONY: demo test lint install clean
 
@@ -25,6 +30,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --upgrade pip
 	$(PIP) install "$(TORCH)"
 	$(PIP) install -e ".[$(EXTRAS)]"
+	@touch $@
+
+$(DS_STAMP): $(STAMP)
 	$(if $(DEEPSPEED),DS_BUILD_OPS=0 DS_BUILD_SHM_COMM=1 $(PIP) install --no-build-isolation "$(DEEPSPEED)")
 	@touch $@
 
@@ -33,7 +41,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/hf-salt demo $(ARGS)
 
-test: $(STAMP)
+test: $(if $(DEEPSPEED),$(DS_STAMP),$(STAMP))
 	$(PY) -m pytest -n 2 --durations=15 tests $(ARGS)
 
 lint: $(STAMP)
@@ -41,4 +49,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check hf_salt tests benchmarks examples
 
 clean:
-	rm -rf $(VENV) build *.egg-info outputs
+	rm -rf $(VENV) build *.egg-info outputs $(DEMO_DIR)

@@ -236,7 +236,8 @@ def write_model_card(
     half a card; every process gets the text back. Extra keyword arguments from `Trainer.push_to_hub`
     (`language`, `license`, `finetuned_from`, `dataset`, `tasks`, ...) are honoured where they mean something
     for the card and otherwise ignored, as `push_to_hub` forwards anything it is given. `template_path`
-    swaps the Jinja template (like TRL's `_template_file`).
+    swaps the Jinja template (like TRL's `_template_file`). `model_path`: the folder the model is saved in, named
+    by the quick start when there is no `hub_model_id` (default: `output_dir`), so its code runs as printed.
     """
     methods = parse_method(method)
     info = _canonical_info(methods, dict(method_info or {}))
@@ -317,7 +318,12 @@ def render_model_card(
         is_adapter=bool(peft_info),
         peft_type=peft_info.get("type", ""),
         adapter_base=peft_info.get("base", ""),
-        quickstart=_quickstart(repo_id, is_seq2seq, bool(peft_info), trainer),
+        quickstart=_quickstart(
+            args.hub_model_id or kwargs.get("model_path") or args.output_dir,
+            is_seq2seq,
+            bool(peft_info),
+            trainer,
+        ),
         methods=method_sections,
         other_settings=other,
         model_rows=_model_rows(model, peft_info),

@@ -202,12 +202,16 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     flag: str = "--model",
     local_files_only: bool = True,
+    causal: bool = False,
     **kwargs: Any,
 ) -> PreTrainedModel:
     """A zoo preset (random init from ``seed``) or a model folder, loaded with the Auto class its config names
     (seq2seq or causal LM). ``vocab_size`` is the tokenizer's: a preset gets that many rows, a folder whose
     embeddings are smaller is refused. ``flag`` names the option in errors. Never downloads unless
-    ``local_files_only=False`` (then a Hub id works too)."""
+    ``local_files_only=False`` (then a Hub id works too). ``causal``: refuse anything but a decoder-only causal
+    LM in one line. A truncated or corrupt weights file is named in the error."""
+    from hf_salt.checks import check_causal_lm, check_model_path, naming_corrupt_files
+
     torch_dtype = parse_dtype(dtype, flag.lstrip("-") + " dtype")
     if name_or_path in PRESETS:
         model = build_model(name_or_path, vocab_size=vocab_size, seed=seed, **kwargs)
@@ -216,11 +220,15 @@ def load_model(
         raise ValueError(
             f"{flag} {name_or_path!r} is neither a zoo preset ({', '.join(PRESETS)}) nor a local model folder."
         )
+    check_model_path(name_or_path, flag)
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
-    config = AutoConfig.from_pretrained(name_or_path, local_files_only=local_files_only)
-    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-    model = auto.from_pretrained(name_or_path, local_files_only=local_files_only, **kwargs)
+    with naming_corrupt_files(name_or_path, flag):
+        config = AutoConfig.from_pretrained(name_or_path, local_files_only=local_files_only)
+        if causal:
+            check_causal_lm(config, f"{flag} {name_or_path!r}")
+        auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+        model = auto.from_pretrained(name_or_path, local_files_only=local_files_only, **kwargs)
     rows = model.get_input_embeddings().num_embeddings
     if vocab_size is not None and rows < vocab_size:
         raise ValueError(

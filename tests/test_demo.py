@@ -61,11 +61,17 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
     assert "reach baseline" in printed and "curves.png" in printed
     # the per-log dicts go to the progress bars' postfix, not to the console as lines of their own
     assert "'loss'" not in captured.out + captured.err and "'eval_loss'" not in captured.out + captured.err
+    # every bar is named from the start (no stray "  0%|  | 0/8" first), and it labels what each loss is
+    bars = [line for line in captured.err.replace("\r", "\n").splitlines() if "/8 [" in line]
+    assert bars and not [b for b in bars if b.lstrip().startswith(("0%", "100%"))]
+    assert "train_ce=" in captured.err and "val_ce=" in captured.err and "omega=" in captured.err
     results = json.loads((out / "results.json").read_text())
     assert set(results["arms"]) == {"baseline", "salt", "hypercloning", "hypercloning+salt", "salt_ds"}
     # every hf-salt arm's model folder carries its model card
     salt_card = (out / "salt" / "README.md").read_text()
     assert "hf-salt" in salt_card and str(out / "teacher") in salt_card and "2410.18779" in salt_card
+    # the quick start names the folder the model is in, which loads as printed (no made-up repo id)
+    assert f'from_pretrained("{out / "salt"}")' in salt_card and 'hf-salt-demo-salt")' not in salt_card
     clone_card = (out / "hypercloning" / "README.md").read_text()
     assert "2409.12903" in clone_card and "hypercloning" in clone_card.lower()
     salt = results["arms"]["salt"]
@@ -77,3 +83,26 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
     model = AutoModelForCausalLM.from_pretrained(out / "salt")
     assert torch.isfinite(next(model.parameters())).all()
     assert (out / "teacher" / "config.json").exists()
+
+
+def test_plot_colours_each_arm_the_same_in_both_panels(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from hf_salt.experiments import plot_curves
+
+    figures = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: figures.append(fig))
+    curve = {"steps": [0, 4], "eval_loss": [9.0, 8.0], "kd_steps": [], "kd_weight": []}
+    kd_curve = {**curve, "kd_steps": [1, 2], "kd_weight": [0.75, 0.0]}
+    results = {
+        "teacher": {"final_eval_loss": 8.5, "preset": "t"},
+        "arms": {
+            "baseline": {"final_eval_loss": 8.0, "curve": curve},
+            "salt": {"final_eval_loss": 7.9, "curve": kd_curve},
+        },
+    }
+    plot_curves(results, tmp_path / "p.png")
+    top, bottom = figures[0].axes
+    colour = {line.get_label(): line.get_color() for line in top.lines}
+    assert colour["salt"] != colour["baseline"]
+    assert {line.get_label(): line.get_color() for line in bottom.lines} == {"salt": colour["salt"]}

@@ -56,6 +56,8 @@ def _args(tmp_path, **kw) -> SALTConfig:
         disable_tqdm=True,
     )
     base.update(kw)
+    if "kd_steps" not in kw:
+        base["kd_steps"] = min(2, base["max_steps"])
     return SALTConfig(**base)
 
 
@@ -82,7 +84,7 @@ def test_gradient_accumulation_parity(tmp_path, kd_weight):
             max_steps=1,
             max_grad_norm=0.0,
             kd_weight=kd_weight,
-            kd_steps=5,
+            kd_steps=1,
         )
         trainer = SALTTrainer(
             model=_model(32, 0),

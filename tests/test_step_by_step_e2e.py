@@ -117,7 +117,9 @@ def test_cli_distill_step_by_step(tmp_path, capsys):
     from hf_salt.cli.main import main
 
     config = tmp_path / "cfg.yaml"
-    config.write_text("model: t5-tiny\nmax_steps: 2\nper_device_train_batch_size: 4\nmax_eval_samples: 4\n")
+    config.write_text(
+        "model: t5-tiny\nmax_steps: 2\nper_device_train_batch_size: 4\nmax_eval_samples: 4\nmax_test_samples: 3\n"
+    )
     rc = main(
         [
             "distill-step-by-step",
@@ -137,8 +139,12 @@ def test_cli_distill_step_by_step(tmp_path, capsys):
     )
     assert rc == 0
     out = capsys.readouterr().out
-    assert "equation" in out and "label accuracy" in out
+    assert "equation" in out and "label accuracy" in out and ", test " in out
     assert (tmp_path / "out" / "model" / "config.json").is_file()
+    # validation and the test split (evaluated once, after training) are written beside the model
+    metrics = json.loads((tmp_path / "out" / "all_results.json").read_text())
+    assert {"eval_accuracy", "test_accuracy", "test_exact_match"} <= set(metrics)
+    assert "test_accuracy" in json.loads((tmp_path / "out" / "test_results.json").read_text())
 
 
 def test_cli_generate_rationales(tmp_path, capsys):

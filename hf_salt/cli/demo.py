@@ -6,8 +6,11 @@ presets, longer blocks, more steps); any field can be set by hand (`--max_steps`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass, field, fields, make_dataclass
+from typing import Any
 
+from hf_salt.checks import check_no_finished_run, check_writable
 from hf_salt.cli.parser import Command
 from hf_salt.experiments import ExperimentConfig, format_table, run_experiment
 
@@ -59,17 +62,80 @@ class DemoArgs:
     scale: str = field(
         default="cpu",
         metadata={
-            "help": "Size of the run: cpu (about 11 minutes on 2 CPU cores), tiny (seconds), gpu.",
+            "help": "Size of the run: cpu (about 11 minutes on 2 idle CPU cores), tiny (seconds), gpu. Sets "
+            "every option whose help says 'from --scale'; an option given by hand always wins.",
             "choices": list(SCALES),
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Allow an output_dir that already holds a finished demo (its results are replaced)."
         },
     )
 
 
-def run(demo: DemoArgs, config: ExperimentConfig) -> int:
-    defaults = ExperimentConfig()
-    for key, value in SCALES[demo.scale].items():
-        if getattr(config, key) == getattr(defaults, key):  # explicit flags win over the scale preset
-            setattr(config, key, value)
+SCALED = sorted({key for preset in SCALES.values() for key in preset})
+
+
+def _scale_help(key: str) -> str:
+    base = ExperimentConfig.__dataclass_fields__[key]
+    values = ", ".join(f"{name} {preset.get(key, base.default)}" for name, preset in SCALES.items())
+    return f"{base.metadata['help']} None (not given): from --scale ({values})."
+
+
+def _demo_field(key: str, hint: Any):
+    metadata: dict[str, Any] = {"help": _scale_help(key)}
+    if hint is bool:  # `--bf16` alone still means true
+        metadata.update(nargs="?", const=True)
+    return field(default=None, metadata=metadata)
+
+
+def _demo_config_class() -> type:
+    """`ExperimentConfig` with the scaled options defaulting to None ('not given'), resolved in `resolve`."""
+    hints = typing.get_type_hints(ExperimentConfig)
+    fields = [(key, typing.Optional[hints[key]], _demo_field(key, hints[key])) for key in SCALED]  # noqa: UP045
+    cls = make_dataclass(
+        "DemoConfig",
+        fields,
+        bases=(ExperimentConfig,),
+        namespace={"__post_init__": lambda self: None, "__doc__": "ExperimentConfig for `hf-salt demo`."},
+    )
+    cls.__module__ = __name__
+    return cls
+
+
+DemoConfig = _demo_config_class()
+
+
+def resolve(demo: DemoArgs, config: Any) -> ExperimentConfig:
+    """The scale preset fills every scaled option the user did not give; explicit flags win, whatever their value."""
+    values = {f.name: getattr(config, f.name) for f in fields(ExperimentConfig)}
+    defaults = ExperimentConfig.__dataclass_fields__
+    for key in SCALED:
+        if values[key] is None:
+            values[key] = SCALES[demo.scale].get(key, defaults[key].default)
+    return ExperimentConfig(**values)  # validates the resolved values
+
+
+def check_inputs(demo: DemoArgs, config: ExperimentConfig) -> None:
+    """What can be checked before the first training step."""
+    from hf_salt.data.packing import check_block_size
+    from hf_salt.zoo import build_config
+
+    check_writable(config.output_dir, "--output_dir")
+    resuming = config.resume_from_checkpoint is not None  # reuses the finished runs on purpose
+    check_no_finished_run(config.output_dir, FINISHED_RUN, demo.overwrite_output_dir or resuming)
+    for preset in (config.teacher_preset, config.student_preset):
+        check_block_size(config.block_size, build_config(preset))
+
+
+FINISHED_RUN = ("results.json",)
+
+
+def run(demo: DemoArgs, given: Any) -> int:
+    config = resolve(demo, given)
+    check_inputs(demo, config)
     print(
         f"hf-salt demo ({demo.scale}): teacher {config.teacher_preset}, student {config.student_preset}, "
         f"{config.max_steps} steps x {config.batch_size} x {config.block_size} tokens, arms {config.arms}"
@@ -95,4 +161,4 @@ def run(demo: DemoArgs, config: ExperimentConfig) -> int:
     return 0
 
 
-COMMAND = Command([DemoArgs, ExperimentConfig], run, description=__doc__)
+COMMAND = Command([DemoArgs, DemoConfig], run, description=__doc__)

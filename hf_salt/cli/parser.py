@@ -26,7 +26,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"Config file {str(path)!r} does not exist.")
     text = path.read_text()
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise ValueError(f"Config file {str(path)!r} is not valid {kind}: {err}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -107,7 +111,12 @@ def parse_args(
         for action in parser._actions:  # a value from the file satisfies a required option
             if action.dest in defaults:
                 action.required = False
-    outputs = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=False)
+    try:
+        outputs = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=False)
+    except (TypeError, ValueError) as err:
+        if config_path is None:
+            raise
+        raise type(err)(f"{err} (check the values in {config_path})") from err
     return tuple(o for o in outputs if not isinstance(o, argparse.Namespace))
 
 
@@ -125,7 +134,7 @@ class Command:
             parsed = parse_args(
                 self.dataclass_types, argv, prog=prog, description=self.description, renamed=self.renamed
             )
-        except (ValueError, FileNotFoundError) as err:
+        except (ValueError, TypeError, FileNotFoundError) as err:
             print(f"{prog or 'hf-salt'}: error: {err}", file=sys.stderr)
             return 2
         try:

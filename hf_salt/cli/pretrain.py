@@ -16,6 +16,12 @@ from pathlib import Path
 from transformers import Trainer, default_data_collator
 
 from hf_salt.checkpoints import RESUME_HELP, AtomicCheckpointTrainer, check_fresh_start, resolve_resume
+from hf_salt.checks import (
+    check_model_path,
+    check_no_finished_run,
+    check_writable,
+    naming_corrupt_files,
+)
 from hf_salt.cli.parser import Command
 from hf_salt.data import check_block_size, load_corpus, load_tokenizer, pack_dataset
 from hf_salt.io import atomic_directory
@@ -95,6 +101,23 @@ class PretrainArguments(SALTConfig):
     logging_steps: float = field(default=25, metadata={"help": "Log every N steps."})
     save_strategy: str = field(default="no", metadata={"help": "Checkpoint strategy (no, steps, epoch)."})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": RESUME_HELP})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Allow an output_dir that already holds a finished run (its model is replaced)."},
+    )
+
+
+FINISHED_RUN = ("model", "all_results.json")  # what a finished `hf-salt pretrain` leaves in output_dir
+
+
+def check_inputs(model_args: ModelArguments, data_args: DataArguments, args: PretrainArguments) -> None:
+    """Everything that can be checked before loading data or models."""
+    check_writable(args.output_dir, "--output_dir")
+    check_no_finished_run(args.output_dir, FINISHED_RUN, args.overwrite_output_dir)
+    if args.teacher_model_name_or_path:
+        check_model_path(args.teacher_model_name_or_path, "--teacher_model_name_or_path")
+    if data_args.salt_ds and not args.teacher_model_name_or_path:
+        raise ValueError("--salt_ds selects data for the KD stage: pass --teacher_model_name_or_path too.")
 
 
 def _salt_ds_collator(data_args: DataArguments, args: PretrainArguments, vocab_size: int):
@@ -103,14 +126,14 @@ def _salt_ds_collator(data_args: DataArguments, args: PretrainArguments, vocab_s
 
     from hf_salt.salt_ds import SALTDSCollator, select
 
-    if not args.teacher_model_name_or_path:
-        raise ValueError("--salt_ds selects data for the KD stage: pass --teacher_model_name_or_path too.")
     if not Path(data_args.salt_ds).is_dir():
         raise FileNotFoundError(
             f"--salt_ds {data_args.salt_ds!r} is not a folder written by `hf-salt score`."
         )
-    scored = load_from_disk(data_args.salt_ds)
-    if len(scored) and len(scored[0]["input_ids"]) != data_args.block_size:
+    with naming_corrupt_files(data_args.salt_ds, "--salt_ds"):
+        scored = load_from_disk(data_args.salt_ds)
+        first = len(scored[0]["input_ids"]) if len(scored) else None  # reads the data, not just the header
+    if first is not None and first != data_args.block_size:
         raise ValueError(
             f"The scored dataset has blocks of {len(scored[0]['input_ids'])} tokens but --block_size is "
             f"{data_args.block_size}; score with the same block size."
@@ -132,10 +155,11 @@ def _salt_ds_collator(data_args: DataArguments, args: PretrainArguments, vocab_s
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: PretrainArguments) -> int:
+    check_inputs(model_args, data_args, training_args)
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
-    check_fresh_start(training_args.output_dir, resume, getattr(training_args, "overwrite_output_dir", False))
+    check_fresh_start(training_args.output_dir, resume, training_args.overwrite_output_dir)
     tokenizer = load_tokenizer(model_args.tokenizer)
-    model = load_model(model_args.model, vocab_size=len(tokenizer), seed=training_args.seed)
+    model = load_model(model_args.model, vocab_size=len(tokenizer), seed=training_args.seed, causal=True)
     check_block_size(data_args.block_size, model.config)
     corpus = load_corpus(data_args.corpus)
     collator = default_data_collator
@@ -172,8 +196,14 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Pre
     metrics = trainer.evaluate()
     ppl = math.exp(min(metrics["eval_loss"], 50.0))
     trainer.log_metrics("eval", {**metrics, "perplexity": ppl})
+    trainer.save_metrics(
+        "eval", {**metrics, "perplexity": ppl}
+    )  # output_dir/eval_results.json, beside model/
     if training_args.teacher_model_name_or_path:
-        trainer.create_model_card(model_name=Path(training_args.output_dir).name)  # output_dir/README.md
+        trainer.create_model_card(  # output_dir/README.md, copied into the model folder below
+            model_name=Path(training_args.output_dir).name,
+            model_path=str(Path(training_args.output_dir) / "model"),
+        )
     if trainer.is_world_process_zero():
         out = Path(training_args.output_dir) / "model"
         with atomic_directory(out) as tmp:

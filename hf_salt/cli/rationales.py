@@ -13,11 +13,12 @@ from pathlib import Path
 
 import torch
 from datasets import load_dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
+from hf_salt.checks import check_writable_file
 from hf_salt.cli.parser import Command
 from hf_salt.step_by_step.rationales import DEFAULT_MARKER, DEFAULT_TEMPLATE, generate_rationales
-from hf_salt.zoo import DTYPE_CHOICES, parse_dtype
+from hf_salt.zoo import DTYPE_CHOICES, load_model, parse_dtype
 
 _BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -56,6 +57,13 @@ class RationaleArguments:
         if Path(self.data).suffix not in _BUILDERS:
             raise ValueError(f"--data must be one of {sorted(_BUILDERS)} files, got {self.data!r}.")
         parse_dtype(self.dtype, "--dtype")
+        if not Path(self.model).is_dir():
+            raise FileNotFoundError(
+                f"--model {self.model!r} is not a local model folder (it does not exist)."
+            )
+        if not Path(self.data).is_file():
+            raise FileNotFoundError(f"--data {self.data!r} does not exist.")
+        check_writable_file(self.output, "--output")
 
 
 def run(a: RationaleArguments) -> int:
@@ -66,7 +74,7 @@ def run(a: RationaleArguments) -> int:
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = parse_dtype(a.dtype, "--dtype")
     tokenizer = AutoTokenizer.from_pretrained(a.model, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(a.model, local_files_only=True, dtype=dtype).to(device)
+    model = load_model(a.model, dtype=dtype, causal=True).to(device)
     result = generate_rationales(
         rows,
         model,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hf_salt.checks import check_writable
 from hf_salt.cli.parser import Command
 from hf_salt.zoo import DTYPE_CHOICES, parse_dtype
 
@@ -76,6 +77,7 @@ class ScoreArguments:
         if self.salt_ds_statistic not in ("median", "mean"):
             raise ValueError("--salt_ds_statistic must be median or mean.")
         parse_dtype(self.dtype, "--dtype")
+        check_writable(self.output_dir, "--output_dir")
         if Path(self.output_dir).exists() and any(Path(self.output_dir).iterdir()) and not self.overwrite:
             raise ValueError(
                 f"--output_dir {self.output_dir!r} exists and is not empty: pass --overwrite or pick another."
@@ -101,6 +103,7 @@ def run(args: ScoreArguments) -> int:
         seed=args.seed,
         dtype=args.dtype,
         flag="--teacher_model_name_or_path",
+        causal=True,
     )
     check_block_size(args.block_size, teacher.config)
     corpus = load_corpus(args.corpus)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hf_salt.checkpoints import RESUME_HELP, check_fresh_start, resolve_resume
+from hf_salt.checks import check_no_finished_run, check_writable
 from hf_salt.cli.parser import Command
 from hf_salt.data import load_tokenizer
 from hf_salt.io import save_pretrained_atomic
@@ -39,7 +40,13 @@ class StepByStepScriptArguments:
         default=1.0, metadata={"help": "Seeded random share of train to use (official --subsample)."}
     )
     max_eval_samples: int | None = field(
-        default=500, metadata={"help": "Evaluate on at most this many rows."}
+        default=500, metadata={"help": "Evaluate on at most this many validation rows."}
+    )
+    max_test_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Report the test split (once, after training) on at most this many rows; 0 skips it."
+        },
     )
     train_split: str = field(
         default="train", metadata={"help": "Official split used for training (valid for e-SNLI/ANLI)."}
@@ -71,11 +78,17 @@ class StepByStepCLIConfig(StepByStepConfig):
     report_to: str | None = field(
         default="none", metadata={"help": "Trackers to report to (none, tensorboard, ...)."}
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Allow an output_dir that already holds a finished run (its model is replaced)."},
+    )
 
 
 def run(script: StepByStepScriptArguments, args: StepByStepCLIConfig) -> int:
+    check_writable(args.output_dir, "--output_dir")
+    check_no_finished_run(args.output_dir, ("model", "all_results.json"), args.overwrite_output_dir)
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
-    check_fresh_start(args.output_dir, resume, getattr(args, "overwrite_output_dir", False))
+    check_fresh_start(args.output_dir, resume, args.overwrite_output_dir)
     data = load_step_by_step(script.dataset, train_split=script.train_split)
     if Path(script.dataset).name.lower() == "svamp" and args.label_metric == "exact_match":
         args.label_metric = "equation"  # SVAMP labels are equations: compare them by value
@@ -94,9 +107,21 @@ def run(script: StepByStepScriptArguments, args: StepByStepCLIConfig) -> int:
     trainer.train(resume_from_checkpoint=resume)
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    test = data.get("test")
+    if script.max_test_samples is not None and test is not None:
+        test = test.select(range(min(len(test), script.max_test_samples)))
+    if test is not None and len(test):  # reported once, after training: selection uses validation only
+        test_metrics = trainer.evaluate(test, metric_key_prefix="test")
+        trainer.log_metrics("test", test_metrics)
+        trainer.save_metrics("test", test_metrics)  # output_dir/test_results.json and all_results.json
+        metrics.update(test_metrics)
     if trainer.is_world_process_zero():
         out = save_pretrained_atomic(trainer.model, Path(args.output_dir) / "model", tokenizer=tokenizer)
-        print(f"label accuracy {metrics.get('eval_accuracy', float('nan')):.4f}; model saved to {out}")
+        summary = f"validation label accuracy {metrics.get('eval_accuracy', float('nan')):.4f}"
+        if "test_accuracy" in metrics:
+            summary += f", test {metrics['test_accuracy']:.4f}"
+        print(f"{summary}; model saved to {out}, metrics in {Path(args.output_dir) / 'all_results.json'}")
     return 0
 
 

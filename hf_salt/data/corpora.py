@@ -54,6 +54,9 @@ def _data_files(name_or_path: str | Path) -> tuple[str, dict[str, list[str]] | N
     files = [p for p in files if not p.name.startswith(".")]
     if not files:
         raise FileNotFoundError(f"Folder {str(path)!r} holds no data files.")
+    empty = [str(p) for p in files if p.stat().st_size == 0]
+    if empty:
+        raise ValueError(f"Corpus file(s) {', '.join(map(repr, empty))} are empty: remove them or add text.")
     builders = {_builder_for(p) for p in files}
     if len(builders) > 1:
         raise ValueError(f"{str(path)!r} mixes file types ({sorted(builders)}); keep one type per corpus.")

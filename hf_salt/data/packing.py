@@ -11,14 +11,12 @@ from typing import Any
 from datasets import Dataset, IterableDataset
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
+from hf_salt.checks import position_limit
+
 
 def check_block_size(block_size: int, config: PretrainedConfig) -> None:
     """Raise if `block_size` exceeds the model's context (learned positions would index out of range)."""
-    limit = None
-    for attr in ("max_position_embeddings", "n_positions", "n_ctx"):
-        limit = getattr(config, attr, None)
-        if limit:
-            break
+    limit = position_limit(config)
     if limit and block_size > limit:
         raise ValueError(
             f"block_size={block_size} is larger than the model's context ({limit} positions). "

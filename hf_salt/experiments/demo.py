@@ -122,11 +122,11 @@ def plot_curves(results: dict[str, Any], path: Path) -> Path:
     ax1.axhline(t["final_eval_loss"], color="gray", ls=":", label=f"teacher final ({t['preset']})")
     base = results["arms"]["baseline"]["final_eval_loss"]
     ax1.axhline(base, color="black", ls="--", lw=0.8, label="baseline final")
-    for name, rec in results["arms"].items():
-        c = rec["curve"]
-        ax1.plot(c["steps"], c["eval_loss"], marker=".", label=name)
+    for i, (name, rec) in enumerate(results["arms"].items()):
+        c, color = rec["curve"], f"C{i}"  # one colour per arm in both panels
+        ax1.plot(c["steps"], c["eval_loss"], marker=".", label=name, color=color)
         if c["kd_weight"]:
-            ax2.plot(c["kd_steps"], c["kd_weight"], label=name, drawstyle="steps-pre")
+            ax2.plot(c["kd_steps"], c["kd_weight"], label=name, drawstyle="steps-pre", color=color)
     lows = [v for rec in results["arms"].values() for v in rec["curve"]["eval_loss"][1:]]
     if lows:
         ax1.set_ylim(min(lows + [t["final_eval_loss"]]) - 0.2, max(lows) + 0.3)

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import ExportableState, ProgressCallback
 
@@ -113,7 +115,9 @@ class QuietProgress(ProgressCallback):
     per evaluation, buries the table the user is waiting for.
     """
 
-    _SHOWN = ("loss", "eval_loss", "kd_weight")
+    # (log key, label): the student's own cross-entropy, never the SALT mix (1-omega)*CE + omega*KD, so
+    # train and validation figures compare across arms
+    _SHOWN = (("loss", "train_ce"), ("loss_ce", "train_ce"), ("eval_loss", "val_ce"), ("kd_weight", "omega"))
 
     def __init__(self, desc: str = "") -> None:
         super().__init__()
@@ -121,17 +125,17 @@ class QuietProgress(ProgressCallback):
         self.postfix: dict[str, str] = {}
 
     def on_train_begin(self, args, state, control, **kwargs):
-        super().on_train_begin(args, state, control, **kwargs)
-        if self.training_bar is not None and self.desc:
-            self.training_bar.set_description(self.desc)
+        if state.is_world_process_zero:  # named from the start: no unnamed bar before it
+            self.training_bar = tqdm(total=state.max_steps, dynamic_ncols=True, desc=self.desc or None)
+        self.current_step = 0
 
     def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
         pass  # no bar per evaluation: the result shows up in the training bar's postfix
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        for key in self._SHOWN:
+        for key, label in self._SHOWN:  # loss_ce after loss: a SALT arm shows its CE, not the mix
             if logs and isinstance(logs.get(key), (int, float)):
-                self.postfix[key] = f"{logs[key]:.4g}"
+                self.postfix[label] = f"{logs[key]:.4g}"
         if state.is_world_process_zero and self.training_bar is not None:
             self.training_bar.set_postfix(self.postfix, refresh=False)
 
@@ -253,6 +257,7 @@ class Engine:
             bf16=cfg.bf16,
             use_cpu=cfg.use_cpu,
             dataloader_num_workers=0,
+            dataloader_pin_memory=torch.cuda.is_available() and not cfg.use_cpu,
             disable_tqdm=cfg.disable_tqdm,
             **extra,
         )
@@ -408,12 +413,15 @@ def _write_card(trainer: Trainer, arm: str, path: Path) -> None:
     """Give every hf-salt arm's model folder its model card (method, teacher, schedule, grown-from, metrics)."""
     from hf_salt.salt.trainer import SALTTrainer
 
+    name = f"hf-salt-{arm}"  # the quick start names `path`, the folder the model is in
     if isinstance(trainer, SALTTrainer):
-        trainer.create_model_card(model_name=f"hf-salt-{arm}")
+        trainer.create_model_card(model_name=name, model_path=str(path))
     elif getattr(trainer.model.config, "hypercloning", None):
         from hf_salt.model_card import write_model_card
 
-        write_model_card(trainer, method="hypercloning", method_info={}, model_name=f"hf-salt-{arm}")
+        write_model_card(
+            trainer, method="hypercloning", method_info={}, model_name=name, model_path=str(path)
+        )
     else:
         return
     card = Path(trainer.args.output_dir) / "README.md"

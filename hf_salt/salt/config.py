@@ -10,9 +10,10 @@ from typing import Any
 from transformers import TrainingArguments
 from transformers.trainer_utils import IntervalStrategy
 
+from hf_salt.checks import check_field_types
 from hf_salt.data.sft import SFTDataArguments
 from hf_salt.salt.losses import BACKENDS, DIVERGENCES
-from hf_salt.salt.schedules import SCHEDULES, get_schedule
+from hf_salt.salt.schedules import SCHEDULES, check_kd_steps, get_schedule
 
 TEACHER_OFFLOAD = ("keep", "cpu", "free")
 TEACHER_SHARDING = ("replicate", "shard")
@@ -153,6 +154,11 @@ class SALTConfig(SFTDataArguments, TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        check_field_types(self, SALTConfig)
+        if self.max_steps == 0:
+            raise ValueError(
+                "max_steps=0 trains nothing: give a positive step count, or -1 to train by epochs."
+            )
         self.check_sft_data()  # dataset_text_field, max_length, packing, ...: how raw TRL-format datasets are prepared
         if isinstance(self.teacher_model_init_kwargs, str):
             try:
@@ -183,6 +189,8 @@ class SALTConfig(SFTDataArguments, TrainingArguments):
             raise ValueError(
                 f"kd_steps must be >= 0 (steps) or in (0, 1) (fraction of max_steps), got {self.kd_steps}."
             )
+        if self.max_steps > 0:
+            check_kd_steps(self.kd_steps, self.max_steps)
         if self.kd_schedule not in SCHEDULES:
             raise ValueError(f"kd_schedule must be one of {tuple(SCHEDULES)}, got {self.kd_schedule!r}.")
         if get_schedule(self.kd_schedule).decided_in_training:

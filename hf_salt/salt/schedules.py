@@ -94,6 +94,23 @@ def resolve_kd_steps(kd_steps: int | float, max_steps: int) -> int:
     return int(kd_steps)
 
 
+def check_kd_steps(kd_steps: int | float, max_steps: int) -> int:
+    """Resolve n_KD for a run of ``max_steps`` and refuse the silent no-ops: KD on more steps than the run has
+    (the teacher never switches off: that is RKD, not SALT), and a fraction that rounds to 0 steps."""
+    n = resolve_kd_steps(kd_steps, max_steps)
+    if n > max_steps:
+        raise ValueError(
+            f"kd_steps={kd_steps} is more than the run's {max_steps} steps, so KD would never stop; use "
+            f"kd_steps <= {max_steps} (or a fraction of the run, e.g. 0.2)."
+        )
+    if n == 0 and kd_steps > 0:
+        raise ValueError(
+            f"kd_steps={kd_steps} of {max_steps} steps rounds to 0 KD steps, so the teacher is never used; "
+            f"use a fraction of at least {1 / max_steps:.3g} or an integer step count (0 disables KD)."
+        )
+    return n
+
+
 def resolve_decay_start(decay_start: int | float | None, kd_steps: int) -> int:
     """``kd_decay_start``: None = 0 (decay over the whole KD stage), an int step, or a fraction in [0, 1) of n_KD."""
     if decay_start is None:
@@ -184,6 +201,7 @@ class KDScheduleCallback(TrainerCallback, ExportableState):
         later calls return it unchanged. With ``auto`` that first value is the cap; the decision lowers it."""
         if self.kd.kd_steps is None:
             self.kd.kd_steps = resolve_kd_steps(self.kd_steps, max_steps)
+            check_kd_steps(self.kd_steps, max_steps, self.kd.kd_steps)
         if not self.is_auto:
             self._resolved_start = resolve_decay_start(self.decay_start, self.kd.kd_steps)
         elif self.auto is None:

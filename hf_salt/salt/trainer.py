@@ -21,9 +21,10 @@ import torch
 from accelerate.utils import is_peft_model
 from torch import nn
 from torch.utils.data import SequentialSampler
-from transformers import AutoModelForCausalLM, PreTrainedModel, Trainer
+from transformers import PreTrainedModel, Trainer
 from transformers.utils import logging
 
+from hf_salt.checks import check_causal_lm, check_positions, load_causal_lm
 from hf_salt.data.sft import prepare_trainer_data
 from hf_salt.salt.config import SALTConfig
 from hf_salt.salt.losses import KDLossOutput, fused_kd_loss, logit_transform
@@ -132,9 +133,10 @@ class SALTTrainer(TrainerBase, Trainer):
         if not isinstance(args, SALTConfig):
             raise TypeError(f"SALTTrainer needs args=SALTConfig(...), got {type(args).__name__}.")
         if isinstance(model, str):
-            model = AutoModelForCausalLM.from_pretrained(model)
+            model = load_causal_lm(model, "the student")
         if model is None:
             raise ValueError("SALTTrainer needs a student model (a *ForCausalLM model or a local path).")
+        check_causal_lm(model, "the student")
         if peft_config is not None:
             from hf_salt.peft_utils import apply_peft
 
@@ -145,6 +147,7 @@ class SALTTrainer(TrainerBase, Trainer):
                 "SALTTrainer needs a teacher: pass teacher_model=... or set teacher_model_name_or_path."
             )
         teacher = self._load_teacher(teacher, args)
+        check_causal_lm(teacher, "the teacher")
 
         self._kd_schedule_fn = kd_schedule
         callbacks = list(kwargs.pop("callbacks", None) or [])
@@ -194,7 +197,7 @@ class SALTTrainer(TrainerBase, Trainer):
             if replicate:  # load a full copy: keep from_pretrained from partitioning it with zero.Init
                 hf_ds.unset_hf_deepspeed_config()
             try:
-                teacher = AutoModelForCausalLM.from_pretrained(teacher, **init_kwargs)
+                teacher = load_causal_lm(teacher, "the teacher", **init_kwargs)
             finally:
                 if replicate:
                     hf_ds._hf_deepspeed_config_weak_ref = ds_ref
@@ -422,6 +425,7 @@ class SALTTrainer(TrainerBase, Trainer):
             raise ValueError(
                 "SALTTrainer needs `labels` in each batch (e.g. DataCollatorForLanguageModeling(mlm=False))."
             )
+        self._check_length(inputs)
         training = model.training
         if (
             not training
@@ -467,6 +471,18 @@ class SALTTrainer(TrainerBase, Trainer):
         if training:
             self._record(out, omega)
         return (loss, {"loss": loss.detach()}) if return_outputs else loss
+
+    def _check_length(self, inputs: dict[str, Any]) -> None:
+        """Refuse sequences longer than either model's positions (a shape check: no device sync)."""
+        ids = inputs.get("input_ids")
+        if ids is None:
+            return
+        student = _causal_lm(self.accelerator.unwrap_model(self.model))
+        for what, lm in (("the student", student), ("the teacher", self._teacher_module)):
+            if lm is not None:
+                check_positions(
+                    ids.shape[-1], lm.config, f"SALTTrainer ({what})", "Pack the data into shorter blocks."
+                )
 
     # ------------------------------------------------------------------------------------------------ logging
     def _record(self, out: KDLossOutput, omega: float) -> None:

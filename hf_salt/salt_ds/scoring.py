@@ -99,6 +99,19 @@ def check_token_ids(dataset: datasets.Dataset, vocab_size: int, *, what: str = "
         )
 
 
+def check_lengths(dataset: datasets.Dataset, teacher: nn.Module) -> None:
+    """Raise if a row is longer than the teacher's positions (learned positions would index out of range)."""
+    import pyarrow.compute as pc
+
+    from hf_salt.checks import check_positions
+
+    longest = 0
+    for batch in dataset.with_format("arrow", columns=["input_ids"]).iter(batch_size=4096):
+        if len(batch):
+            longest = max(longest, pc.max(pc.list_value_length(batch["input_ids"])).as_py() or 0)
+    check_positions(longest, teacher.config, "score_dataset", "Pack the data into shorter blocks.")
+
+
 def _pad(values: Any, pad: int) -> torch.Tensor:
     if isinstance(values, torch.Tensor):
         return values
@@ -349,6 +362,7 @@ def score_dataset(
     if len(dataset) == 0:
         raise ValueError("The dataset is empty: nothing to score.")
     check_token_ids(dataset, vocab)
+    check_lengths(dataset, teacher)
     dev = torch.device(device) if device is not None else _default_device(teacher)
     if chunk_size is None:  # CPU: a chunk that stays near the caches; GPU: large enough to fill the device
         chunk_size = max(64, (2**22 if dev.type == "cpu" else 2**26) // vocab)

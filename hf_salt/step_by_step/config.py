@@ -24,7 +24,12 @@ class StepByStepConfig(Seq2SeqTrainingArguments):
         metadata={"help": "Lambda: weight of the rationale-generation loss (0 gives standard fine-tuning)."},
     )
     label_prefix: str = field(
-        default="predict: ", metadata={"help": "Task prefix of the label-prediction view."}
+        default="predict: ",
+        metadata={
+            "help": "Task prefix of the label-prediction view. Kept with rationale_weight 0 too, so the standard "
+            "fine-tuning baseline differs from step-by-step only by the rationale task; the official "
+            "standard mode uses no prefix: pass an empty string for that."
+        },
     )
     rationale_prefix: str = field(
         default="explain: ", metadata={"help": "Task prefix of the rationale-generation view."}

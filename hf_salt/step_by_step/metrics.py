@@ -3,6 +3,8 @@
 The official code scores SVAMP by running Python `eval()` on both the gold and the *generated* equation.
 Model output is untrusted text, so here equations go through `safe_arithmetic`, a small AST evaluator that
 allows numbers, + - * / ** (bounded), parentheses and unary signs, and rejects everything else.
+Limits (documented in docs/step_by_step.md): `MAX_EXPRESSION_CHARS`, `MAX_NODES`, `MAX_EXPONENT`, `MAX_MAGNITUDE`;
+equations are equal within `equation_accuracy`'s relative and absolute tolerance (1e-6).
 """
 
 from __future__ import annotations
@@ -59,7 +61,10 @@ def _check(value: float) -> float:
 
 def _eval(node: ast.AST) -> float:
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return _check(float(node.value))
+        try:
+            return _check(float(node.value))
+        except OverflowError:  # an integer literal beyond float range (309+ digits)
+            raise UnsafeExpressionError("number out of bounds") from None
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         return _UNARY[type(node.op)](_eval(node.operand))
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:

@@ -21,6 +21,7 @@ from datasets import Dataset
 from torch import nn
 from transformers import EvalPrediction, PreTrainedModel, Seq2SeqTrainer
 
+from hf_salt.checks import check_positions
 from hf_salt.step_by_step.collator import IGNORE_INDEX, RAW_COLUMNS, StepByStepCollator
 from hf_salt.step_by_step.config import StepByStepConfig
 from hf_salt.step_by_step.data import from_prompt_completion
@@ -79,6 +80,7 @@ class StepByStepTrainer(TrainerBase, Seq2SeqTrainer):
             model = apply_peft(model, peft_config, args=args, reads_output_layer=False)
         self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
         self.collator_stats: dict[str, int] = {}
+        self._check_config, self._check_generation = model.config, args.generation_max_length
         train_dataset = self._tokenize(train_dataset, data_collator, train=True)
         if isinstance(eval_dataset, dict):
             eval_dataset = {k: self._tokenize(v, data_collator, train=False) for k, v in eval_dataset.items()}
@@ -118,6 +120,10 @@ class StepByStepTrainer(TrainerBase, Seq2SeqTrainer):
             load_from_cache_file=False,
         )
         stats = collator.stats - before
+        if train and len(tokenized) == 0:
+            raise ValueError("The training set is empty (0 rows): check the data file and --train_fraction.")
+        if not collator.is_encoder_decoder:
+            self._check_lengths(tokenized, train)
         if train:
             self.collator_stats = dict(stats)
             # a row with neither view contributes nothing: drop it rather than feed an empty batch row
@@ -134,6 +140,31 @@ class StepByStepTrainer(TrainerBase, Seq2SeqTrainer):
         else:
             logger.info("%s (%s split)", _report(collator, stats), "train" if train else "eval")
         return tokenized
+
+    def _check_lengths(self, tokenized: Dataset, train: bool) -> None:
+        """A causal LM reads prompt + target in one sequence: refuse rows longer than its positions."""
+        config = self._check_config
+        extra = 0 if train else (self._check_generation or 0)
+        longest = 0
+        for view in ("label", "rationale") if train else ("label",):
+            for src, tgt in zip(tokenized[f"{view}_source"], tokenized[f"{view}_target"]):
+                longest = max(longest, len(src) + (len(tgt) if train else extra))
+        check_positions(
+            longest,
+            config,
+            f"StepByStepTrainer ({'train' if train else 'eval'} split)",
+            "Lower max_source_length, max_rationale_length, max_target_length or generation_max_length.",
+        )
+
+    def evaluate(
+        self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval", **gen_kwargs
+    ):
+        """Also takes raw rows (input / label columns), e.g. the test split reported once after training."""
+        if isinstance(eval_dataset, Dataset):
+            eval_dataset = self._tokenize(eval_dataset, self.data_collator, train=False)
+        return super().evaluate(
+            eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix, **gen_kwargs
+        )
 
     # ------------------------------------------------------------------ token counts (GA / DDP)
     def _count_tokens(self, labels: torch.Tensor | None) -> torch.Tensor:

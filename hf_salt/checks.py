@@ -1,0 +1,269 @@
+"""Input checks shared by the commands and trainers: bad input gets a clear error before any work.
+
+Each check raises `ValueError` / `FileNotFoundError` / `TypeError` with a message that names the input and says
+what to change; the CLI prints those without a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+# --------------------------------------------------------------------------------------------------- outputs
+def check_writable(path: str | os.PathLike, what: str = "the output") -> None:
+    """Raise unless `path` could be created (or replaced) by this process.
+
+    Called before any work, so a typo in an output path costs seconds, not a finished training run.
+    """
+    path = Path(path).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a file, not a folder: choose another path.")
+    ancestor = path if path.exists() else path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(
+            f"{what} {str(path)!r} cannot be created: {str(ancestor)!r} is a file, not a folder."
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {str(path)!r} cannot be written: no write permission in {str(ancestor)!r}.")
+
+
+def check_writable_file(path: str | os.PathLike, what: str = "the output file") -> None:
+    """`check_writable` for an output *file*: its folder must be creatable, the path must not be a folder."""
+    path = Path(path).expanduser().absolute()
+    if path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a folder; give a file path.")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{what} {str(path)!r} cannot be written: no write permission.")
+    check_writable(path.parent, what=f"the folder of {what}")
+
+
+def check_no_finished_run(
+    output_dir: str | os.PathLike,
+    markers: Iterable[str],
+    overwrite: bool,
+    flag: str = "--overwrite_output_dir",
+) -> None:
+    """Refuse an `output_dir` that already holds a finished run (any of `markers`) unless `overwrite`.
+
+    Writing a second run into it would replace or, worse, mix the first run's models and results.
+    """
+    output_dir = Path(output_dir)
+    found = [m for m in markers if (output_dir / m).exists()]
+    if found and not overwrite:
+        raise ValueError(
+            f"{str(output_dir)!r} already holds a finished run ({', '.join(found)}): choose another output "
+            f"folder, or pass {flag} to replace it."
+        )
+
+
+# --------------------------------------------------------------------------------------------------- models
+def looks_like_local_path(name: str) -> bool:
+    """True for names that cannot be Hub repo ids (`org/name`): several slashes, ./ ../ ~ /, backslashes."""
+    return (
+        name.startswith((".", "/", "~"))
+        or "\\" in name
+        or name.count("/") > 1
+        or (len(name) > 1 and name[1] == ":")  # a Windows drive
+    )
+
+
+def check_model_path(name_or_path: str, what: str = "the model") -> None:
+    """Raise a clear error for a local path that does not exist, instead of the Hub's repo-id error."""
+    if not isinstance(name_or_path, str):
+        raise TypeError(f"{what} must be a model or a path string, got {type(name_or_path).__name__}.")
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{what} {name_or_path!r} is a file; give the model's folder.")
+        if not (path / "config.json").is_file():
+            raise ValueError(
+                f"{what} {name_or_path!r} has no config.json: it is not a folder written by save_pretrained."
+            )
+        return
+    if looks_like_local_path(name_or_path):
+        raise FileNotFoundError(f"{what} {name_or_path!r} does not exist (no such local folder).")
+
+
+def _is_causal_class(name: str) -> bool:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    names: set[str] = set()
+    for value in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        names.update((value,) if isinstance(value, str) else value)
+    return name in names or name.endswith(("ForCausalLM", "LMHeadModel"))
+
+
+def check_causal_lm(model_or_config: Any, what: str = "the model") -> None:
+    """Raise unless `model_or_config` is (the config of) a decoder-only causal LM.
+
+    Says so in one line, instead of the Auto classes' list of ~200 supported configs or a failure at the first
+    KD step.
+    """
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, PretrainedConfig
+
+    if isinstance(model_or_config, PretrainedConfig):
+        config, cls_names = model_or_config, list(getattr(model_or_config, "architectures", None) or [])
+        known = type(config) in MODEL_FOR_CAUSAL_LM_MAPPING
+    else:
+        model = model_or_config
+        if hasattr(model, "get_base_model"):  # PEFT
+            model = model.get_base_model()
+        config, cls_names, known = getattr(model, "config", None), [type(model).__name__], True
+        if config is None:
+            return
+    causal = known and not getattr(config, "is_encoder_decoder", False)
+    if causal and cls_names:
+        causal = any(_is_causal_class(n) for n in cls_names)
+    if not causal:
+        arch = ", ".join(cls_names) or type(config).__name__
+        raise ValueError(
+            f"{what} is a {config.model_type} model ({arch}), not a causal language model: it must be a "
+            "decoder-only *ForCausalLM model (Llama, GPT-2, Qwen, ...)."
+        )
+
+
+def load_causal_lm(name_or_path: str, what: str = "the model", **kwargs: Any) -> Any:
+    """`AutoModelForCausalLM.from_pretrained` with the checks above and corrupt files named."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    check_model_path(name_or_path, what)
+    with naming_corrupt_files(name_or_path, what):
+        config = AutoConfig.from_pretrained(name_or_path, **_config_kwargs(kwargs))
+        check_causal_lm(config, f"{what} {name_or_path!r}")
+        return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+
+
+def _config_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    keep = ("local_files_only", "revision", "token", "cache_dir", "trust_remote_code")
+    return {k: v for k, v in kwargs.items() if k in keep}
+
+
+@contextlib.contextmanager
+def naming_corrupt_files(path: str | os.PathLike, what: str = "the model") -> Iterator[None]:
+    """Re-raise a safetensors / Arrow read error as a `ValueError` naming the damaged file under `path`."""
+    try:
+        yield
+    except Exception as err:
+        if not _is_corrupt_file_error(err):
+            raise
+        bad = _find_corrupt_file(Path(path))
+        where = repr(str(bad)) if bad is not None else f"a weights or data file in {str(path)!r}"
+        raise ValueError(
+            f"{what}: {where} is truncated or corrupt ({type(err).__name__}: {err}). Write it again "
+            "(save_pretrained / save_to_disk), or copy it again if it was copied."
+        ) from err
+
+
+def _is_corrupt_file_error(err: BaseException) -> bool:
+    name = type(err).__name__
+    text = str(err)
+    return (
+        name in ("SafetensorError", "ArrowInvalid", "HeaderTooLarge", "HeaderTooSmall")
+        or "incomplete metadata" in text
+        or "Expected to be able to read" in text
+        or "deserializing header" in text
+    )
+
+
+def _find_corrupt_file(path: Path) -> Path | None:
+    """The first `.safetensors` / `.arrow` file under `path` that cannot be opened and read in full."""
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        return None
+    for file in sorted(path.rglob("*.safetensors")):
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(file), framework="pt") as f:
+                for key in f.keys():
+                    f.get_slice(key)
+            end = _safetensors_end(file)
+            if end is not None and file.stat().st_size < end:
+                return file
+        except Exception:
+            return file
+    for file in sorted(path.rglob("*.arrow")):
+        try:
+            import pyarrow as pa
+
+            with pa.memory_map(str(file)) as source:
+                pa.ipc.open_stream(source).read_all()
+        except Exception:
+            return file
+    return None
+
+
+def _safetensors_end(file: Path) -> int | None:
+    """The byte length a safetensors file must have, from its header (None if the header is unreadable)."""
+    import json
+    import struct
+
+    try:
+        with open(file, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+    except Exception:
+        return None
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    return 8 + n + max(ends, default=0)
+
+
+def position_limit(config: Any) -> int | None:
+    """The longest sequence the model's positions cover (None when it has no such limit)."""
+    for attr in ("max_position_embeddings", "n_positions", "n_ctx"):
+        limit = getattr(config, attr, None)
+        if limit:
+            return int(limit)
+    return None
+
+
+def check_positions(length: int, config: Any, what: str, fix: str) -> None:
+    """Raise if sequences of `length` tokens exceed the model's position limit (learned positions crash)."""
+    limit = position_limit(config)
+    if limit and length > limit:
+        raise ValueError(
+            f"{what}: sequences of {length} tokens are longer than the model's {limit} positions. {fix}"
+        )
+
+
+# --------------------------------------------------------------------------------------------------- configs
+def check_field_types(obj: Any, cls: type) -> None:
+    """Raise a `TypeError` naming the field when a number field of `cls` (not its parents) holds another type.
+
+    Without it, `kd_weight: [0.5]` in a YAML file or `kd_weight="0.5"` in Python fails later as
+    `TypeError: '<=' not supported ...`, naming nothing.
+    """
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in cls.__dict__.get("__annotations__", {}):
+            continue
+        allowed = _number_types(hints.get(f.name))
+        if not allowed:
+            continue
+        value = getattr(obj, f.name)
+        if value is None and type(None) in allowed:
+            continue
+        if isinstance(value, bool) or not isinstance(value, tuple(t for t in allowed if t is not type(None))):
+            names = " or ".join(t.__name__ for t in allowed if t is not type(None))
+            raise TypeError(f"{f.name} must be {names}, got {type(value).__name__} {value!r}.")
+
+
+def _number_types(hint: Any) -> tuple[type, ...]:
+    """(float, int[, NoneType]) for float / int / optional number annotations; () for anything else."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if not args or any(a not in (float, int, type(None)) for a in args) or args == (type(None),):
+        return ()
+    out = {int, float} if float in args else {int}
+    if type(None) in args:
+        out.add(type(None))
+    return tuple(sorted(out, key=lambda t: t.__name__))
