@@ -94,10 +94,12 @@ def resolve_kd_steps(kd_steps: int | float, max_steps: int) -> int:
     return int(kd_steps)
 
 
-def check_kd_steps(kd_steps: int | float, max_steps: int) -> int:
-    """Resolve n_KD for a run of ``max_steps`` and refuse the silent no-ops: KD on more steps than the run has
-    (the teacher never switches off: that is RKD, not SALT), and a fraction that rounds to 0 steps."""
-    n = resolve_kd_steps(kd_steps, max_steps)
+def check_kd_steps(kd_steps: int | float, max_steps: int, n: int | None = None) -> None:
+    """Refuse the silent no-ops of n_KD (``n``, resolved from ``kd_steps`` when not given) in a run of
+    ``max_steps``: KD on more steps than the run has (the teacher never switches off: that is RKD, not SALT),
+    and a fraction that rounds to 0 steps."""
+    if n is None:
+        n = int(round(kd_steps * max_steps)) if isinstance(kd_steps, float) else int(kd_steps)
     if n > max_steps:
         raise ValueError(
             f"kd_steps={kd_steps} is more than the run's {max_steps} steps, so KD would never stop; use "
@@ -108,7 +110,6 @@ def check_kd_steps(kd_steps: int | float, max_steps: int) -> int:
             f"kd_steps={kd_steps} of {max_steps} steps rounds to 0 KD steps, so the teacher is never used; "
             f"use a fraction of at least {1 / max_steps:.3g} or an integer step count (0 disables KD)."
         )
-    return n
 
 
 def resolve_decay_start(decay_start: int | float | None, kd_steps: int) -> int:
