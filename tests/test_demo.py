@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 import torch
@@ -71,7 +72,8 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
     salt_card = (out / "salt" / "README.md").read_text()
     assert "hf-salt" in salt_card and str(out / "teacher") in salt_card and "2410.18779" in salt_card
     # the quick start names the folder the model is in, which loads as printed (no made-up repo id)
-    assert f'from_pretrained("{out / "salt"}")' in salt_card and 'hf-salt-demo-salt")' not in salt_card
+    loads = re.findall(r'from_pretrained\("([^"]+)"\)', salt_card)
+    assert loads and set(loads) == {str(out / "salt")}
     clone_card = (out / "hypercloning" / "README.md").read_text()
     assert "2409.12903" in clone_card and "hypercloning" in clone_card.lower()
     salt = results["arms"]["salt"]

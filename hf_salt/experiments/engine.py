@@ -395,7 +395,7 @@ class Engine:
             with atomic_directory(save_to) as tmp:
                 trainer.save_model(str(tmp))
                 self.tokenizer.save_pretrained(str(tmp))
-                _write_card(trainer, arm, tmp)
+                _write_card(trainer, arm, tmp, model_path=save_to)
             record["path"] = str(save_to)
         remove_checkpoints(Path(args.output_dir))
         del trainer, setup
@@ -409,18 +409,22 @@ def _schedule(trainer: Any, steps: int) -> dict[str, list[float]]:
     return {"step": list(range(steps)), "weight": [callback.weight_at(s) for s in range(steps)]}
 
 
-def _write_card(trainer: Trainer, arm: str, path: Path) -> None:
+def _write_card(trainer: Trainer, arm: str, path: Path, model_path: Path | None = None) -> None:
     """Give every hf-salt arm's model folder its model card (method, teacher, schedule, grown-from, metrics)."""
     from hf_salt.salt.trainer import SALTTrainer
 
-    name = f"hf-salt-{arm}"  # the quick start names `path`, the folder the model is in
+    name = f"hf-salt-{arm}"  # the quick start names model_path, where the model ends up
     if isinstance(trainer, SALTTrainer):
-        trainer.create_model_card(model_name=name, model_path=str(path))
+        trainer.create_model_card(model_name=name, model_path=str(model_path or path))
     elif getattr(trainer.model.config, "hypercloning", None):
         from hf_salt.model_card import write_model_card
 
         write_model_card(
-            trainer, method="hypercloning", method_info={}, model_name=name, model_path=str(path)
+            trainer,
+            method="hypercloning",
+            method_info={},
+            model_name=name,
+            model_path=str(model_path or path),
         )
     else:
         return
