@@ -9,6 +9,7 @@ still writing.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -105,11 +106,11 @@ def atomic_directory(path: str | Path, overwrite: bool = True) -> Iterator[Path]
     temporary folders of writers that are gone.
     """
     path = Path(path).expanduser().resolve()
-    remove_stale(path.parent, f".{path.name}.old-*")
+    remove_stale(path.parent, f".{glob.escape(path.name)}.old-*")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{str(path)!r} already exists; choose another folder or pass overwrite=True.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(path.parent, f".{path.name}.tmp-*")
+    remove_stale(path.parent, f".{glob.escape(path.name)}.tmp-*")
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         mark_as_ours(tmp)
