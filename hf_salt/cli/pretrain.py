@@ -13,6 +13,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from transformers import Trainer, default_data_collator
 
 from hf_salt.checkpoints import RESUME_HELP, AtomicCheckpointTrainer, check_fresh_start, resolve_resume
@@ -178,6 +179,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Pre
         f"Training {model_args.model} ({model.num_parameters() / 1e6:.2f}M parameters, {method}) on "
         f"{data_args.corpus}: {len(train)} blocks of {data_args.block_size} tokens."
     )
+    if not torch.cuda.is_available() or training_args.use_cpu:
+        training_args.dataloader_pin_memory = (
+            False  # pinning needs an accelerator; torch warns on every loader
+        )
     kwargs = dict(
         model=model,
         args=training_args,
