@@ -54,6 +54,9 @@ _LAZY: dict[str, str] = {
     "SFTDataArguments": "hf_salt.data.sft",
     "build_model": "hf_salt.zoo",
     "build_config": "hf_salt.zoo",
+    "load_model": "hf_salt.zoo",
+    # shared by the hf-salt trainers
+    "TrainerBase": "hf_salt.trainer_base",
 }
 
 # sub-packages reachable as attributes: hf_salt.hypercloning, hf_salt.salt_ds, ...
