@@ -205,9 +205,8 @@ def prepare_sft_dataset(
     if args.max_length is not None:
         n = args.max_length
         dataset = dataset.map(lambda ex: {"input_ids": ex["input_ids"][:n], "labels": ex["labels"][:n]})
-        dataset = dataset.filter(
-            lambda ex: any(label != -100 for label in ex["labels"])
-        )  # no loss left: drop
+        # rows whose labels are all -100 after truncation (a prompt filling max_length) add no loss: drop them
+        dataset = dataset.filter(lambda ex: any(label != -100 for label in ex["labels"]))
     return dataset
 
 
@@ -243,9 +242,8 @@ def prepare_trainer_data(args: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     if kwargs.get("data_collator") is None:
         kwargs["data_collator"] = sft_collator(tok, args)
         if args.uses_padding_free and args.remove_unused_columns:
-            args.remove_unused_columns = (
-                False  # the collator needs 'seq_lengths'; prepared rows hold nothing else
-            )
+            # the collator reads 'seq_lengths', which the Trainer would drop; prepared rows hold nothing else
+            args.remove_unused_columns = False
     elif args.uses_padding_free:
         raise ValueError(
             "padding-free batches (padding_free, or bfd packing) need TRL's collator; drop data_collator."
