@@ -4,6 +4,12 @@ The source is built from a config with random weights (no download); the default
 (hidden 2048, FFN 8192, 16 layers, 32 heads / 8 kv heads, vocab 128256, tied), grown 2x -> ~4.4B.
 
     python benchmarks/hypercloning_speed.py --dtype bfloat16 --width 2
+    # side by side with another implementation (e.g. an older checkout's hf_salt/hypercloning folder):
+    git archive <commit> hf_salt/hypercloning | tar -x -C /tmp/old
+    python benchmarks/hypercloning_speed.py --compare-with /tmp/old/hf_salt/hypercloning --repeats 2
+
+With ``--compare-with`` the runs are interleaved in one process (old, new, new with verification, ...), so
+load from other jobs affects every variant alike.
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ def main() -> None:
     ap.add_argument(
         "--verify", action="store_true", help="also run verify() on 1x8 tokens (slow for big models)"
     )
+    ap.add_argument("--compare-with", default=None, help="folder of another hypercloning package to time too")
+    ap.add_argument("--repeats", type=int, default=1, help="interleaved repetitions with --compare-with")
     args = ap.parse_args()
     dtype = parse_dtype(args.dtype, "--dtype")
     cfg = LlamaConfig(
@@ -82,9 +90,12 @@ def main() -> None:
     print(
         f"source: {src.num_parameters() / 1e9:.3f}B params {args.dtype}, built in {time.perf_counter() - t0:.1f}s, RSS {before:.2f} GB"
     )
+    if args.compare_with:
+        compare(src, args)
+        return
     with PeakRSS() as peak:
         t = time.perf_counter()
-        big = hc.clone(src, args.width, snr_db=args.snr_db, warn_symmetry=False)
+        big = hc.clone(src, args.width, snr_db=args.snr_db, warn_symmetry=False, verify=False)
         secs = time.perf_counter() - t
     print(
         f"clone {args.width}x: {big.num_parameters() / 1e9:.3f}B params in {secs:.1f}s on {torch.get_num_threads()} threads; "
@@ -98,6 +109,51 @@ def main() -> None:
         print(
             f"verify ({args.dtype}, 1x8 tokens): max |logit diff| {diff:.3e} in {time.perf_counter() - t:.1f}s"
         )
+
+
+def _load_package(folder: str, name: str = "hypercloning_compared"):
+    """Import a hypercloning package folder under another name (its relative imports keep working)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    init = Path(folder) / "__init__.py"
+    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(init.parent)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def compare(src: torch.nn.Module, args: argparse.Namespace) -> None:
+    """Interleaved timings: the other implementation, this one, and this one with its traced check."""
+    import gc
+
+    other = _load_package(args.compare_with)
+    variants = {
+        "other": lambda: other.clone(src, args.width, snr_db=args.snr_db, warn_symmetry=False),
+        "this (verify=False)": lambda: hc.clone(
+            src, args.width, snr_db=args.snr_db, warn_symmetry=False, verify=False
+        ),
+        "this (verify=True)": lambda: hc.clone(src, args.width, snr_db=args.snr_db, warn_symmetry=False),
+    }
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(args.repeats):
+        for name, run in variants.items():
+            gc.collect()
+            before = rss_gb()
+            with PeakRSS() as peak:
+                t = time.perf_counter()
+                big = run()
+                secs = time.perf_counter() - t
+            times[name].append(secs)
+            print(
+                f"{name:20s} {secs:6.1f}s  RSS {before:.2f} -> peak {peak.peak:.2f} GB ({n_params(big) / 1e9:.3f}B params)",
+                flush=True,
+            )
+            del big
+    for name, ts in times.items():
+        print(f"{name:20s} min {min(ts):.1f}s  mean {sum(ts) / len(ts):.1f}s over {len(ts)}")
 
 
 if __name__ == "__main__":

@@ -176,7 +176,15 @@ def clone(
             }
             deep.config._name_or_path = deep.config._name_or_path.replace("-hypercloned-1x", "")
             return deep
-    source_trace = trace(model, ids, mask) if (verify or keep_tie) else None
+    source_trace = None
+    if verify or keep_tie:
+        try:
+            source_trace = trace(model, ids, mask, keep_inputs=True)
+        except Exception as err:
+            raise ValueError(
+                f"The source model's own forward fails on a 2 x 8 probe batch ({type(err).__name__}: {err}), so the "
+                "clone cannot be checked against it. Fix the source, or pass verify=False (untied models only)."
+            ) from err
     source_name = getattr(model.config, "_name_or_path", "") or type(model).__name__
     suffix = f"hypercloned-{n}x" + (f"-ffn{m}x" if m != n else "") + (f"-depth{depth}x" if depth > 1 else "")
 

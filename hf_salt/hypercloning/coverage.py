@@ -2,6 +2,7 @@
 
     python -m hf_salt.hypercloning.coverage                  # print the table
     python -m hf_salt.hypercloning.coverage --write-docs     # refresh the table in docs/hypercloning.md
+    python -m hf_salt.hypercloning.coverage --bf16 --write-docs   # ... and the bf16 difference table
 
 A row is ``exact`` when the clone at every width (2 and 3) matches the source's logits within 1e-5 on a
 padded batch after ``save_pretrained`` and a plain ``AutoModelForCausalLM.from_pretrained``; otherwise it
@@ -26,6 +27,7 @@ import torch
 ATOL = 1e-5
 WIDTHS = (2, 3)
 BEGIN, END = "<!-- coverage:begin -->", "<!-- coverage:end -->"
+BF16_BEGIN, BF16_END = "<!-- bf16:begin -->", "<!-- bf16:end -->"
 
 
 @dataclass
@@ -36,6 +38,8 @@ class Row:
     detail: str = ""
     max_diff: float = 0.0
     seconds: float = 0.0
+    bf16_diff: float | None = None  # max |dlogit| of a bf16 clone against the bf16 source (width 2)
+    logit_scale: float = 0.0  # max |logit| of the source, for reading bf16_diff
 
 
 def causal_lm_types() -> list[str]:
@@ -50,7 +54,9 @@ def _logits(model, ids, mask) -> torch.Tensor:
     return run_model(model, ids, mask).logits.double()
 
 
-def run_row(model_type: str, widths: tuple[int, ...] = WIDTHS, reload: bool = True) -> Row:
+def run_row(
+    model_type: str, widths: tuple[int, ...] = WIDTHS, reload: bool = True, bf16: bool = False
+) -> Row:
     """Build ``model_type`` tiny, grow it at every width, check logits (after a reload); never raises."""
     from transformers.utils import logging as hf_logging
 
@@ -101,7 +107,16 @@ def run_row(model_type: str, widths: tuple[int, ...] = WIDTHS, reload: bool = Tr
                     time.perf_counter() - start,
                 )
             worst = max(worst, diff)
-    return Row(model_type, "exact", "", "", worst, time.perf_counter() - start)
+        row = Row(model_type, "exact", "", "", worst, 0.0, logit_scale=float(reference.abs().max()))
+        if bf16:
+            try:
+                half = model.to(torch.bfloat16)
+                big = clone(half, 2, warn_symmetry=False)
+                row.bf16_diff = float((_logits(big, ids, mask) - _logits(half, ids, mask)).abs().max())
+            except Exception as err:  # reported, not promised
+                row.detail = f"bf16: {_short(err, 80)}"
+    row.seconds = time.perf_counter() - start
+    return row
 
 
 def _reload(path: str, cls: type):
@@ -145,13 +160,32 @@ def markdown(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def bf16_markdown(rows: list[Row]) -> str:
+    lines = [
+        "bf16: the source cast to bf16 and its 2x clone grown in bf16, same padded batch; max |Δlogit| and the "
+        "largest |logit| of the source for scale. Measured, not promised.",
+        "",
+        "| model type | max \\|Δlogit\\| bf16 | max \\|logit\\| |",
+        "| --- | --- | --- |",
+    ]
+    for r in rows:
+        if r.status == "exact":
+            value = f"{r.bf16_diff:.2g}" if r.bf16_diff is not None else (r.detail or "not measured")
+            lines.append(f"| `{r.model_type}` | {value} | {r.logit_scale:.2g} |")
+    return "\n".join(lines)
+
+
+def _replace(text: str, begin: str, end: str, body: str, heading: str) -> str:
+    block = f"{begin}\n{body}\n{end}"
+    if begin in text:
+        return re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    return text.rstrip() + f"\n\n{heading}\n\n{block}\n"
+
+
 def write_docs(rows: list[Row], path: Path) -> None:
-    text = path.read_text()
-    table = f"{BEGIN}\n{markdown(rows)}\n{END}"
-    if BEGIN in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: table, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n## Coverage\n\n" + table + "\n"
+    text = _replace(path.read_text(), BEGIN, END, markdown(rows), "## Coverage")
+    if any(r.bf16_diff is not None for r in rows):
+        text = _replace(text, BF16_BEGIN, BF16_END, bf16_markdown(rows), "## bf16 differences per type")
     path.write_text(text)
 
 
@@ -159,12 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("types", nargs="*", help="model types (default: every registered causal-LM type)")
     ap.add_argument("--write-docs", action="store_true", help="replace the table in docs/hypercloning.md")
+    ap.add_argument("--bf16", action="store_true", help="also measure bf16 clones of the exact types")
     ap.add_argument("--docs", default=str(Path(__file__).resolve().parents[2] / "docs" / "hypercloning.md"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     rows = []
     for t in args.types or causal_lm_types():
-        row = run_row(t)
+        row = run_row(t, bf16=args.bf16)
         rows.append(row)
         print(
             f"{row.status:8s} {t:28s} {row.seconds:5.2f}s {row.reason} {row.detail}",
@@ -175,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         write_docs(rows, Path(args.docs))
     else:
         print(markdown(rows))
+        if args.bf16:
+            print("\n" + bf16_markdown(rows))
     return 0 if all(r.status in ("exact", "refused") for r in rows) else 1
 
 

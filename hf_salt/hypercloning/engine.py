@@ -24,7 +24,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from .config_growth import grow_config, size_atoms
 from .layout import Choice, Layout, add_noise_pairs, grow_tensor, plan_layout
-from .probe import first_divergence, run_module, tiled_error, trace
+from .probe import first_divergence, record_splits, run_module, tiled_error, trace
 from .refusals import HyperCloningRefused
 
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "decoder_layers")
@@ -428,7 +428,12 @@ def _search(model: PreTrainedModel, p: Plan, check: Check, dtype: torch.dtype, m
         # a small parent search covers its child's: start there instead
         while len(targets) > 1 and len(groups[1]) <= 4:
             targets, groups = targets[1:], groups[1:]
-        for i, (index, module) in enumerate(targets):
+        for index, module in _local_targets(check, div, t):  # cheap first: the sections the forward cuts
+            local = [lay for lay in ambiguous if any(_under(x, module) for x in lay.members)]
+            if local and _local_search(model, p, check, index, module, t, local, dtype, observed_only=True):
+                fixed = True
+                break
+        for i, (index, module) in enumerate([] if fixed else targets):
             if i == 1 and _global_search(model, p, check, div, ambiguous, dtype, scalars_only=True):
                 fixed = True  # a width-dependent scalar before widening the local search
                 break
@@ -462,6 +467,35 @@ def _local_targets(check: Check, div, t) -> list[tuple[int, str]]:
     return out
 
 
+def _apply_observed_sections(model, p: Plan, check: Check, name: str, args, kwargs, local, dtype) -> bool:
+    """Set fused axes to the sections the module's own forward cuts them into (source and clone alike)."""
+    src_inputs = check.source.inputs.get(name)
+    if src_inputs is None:
+        return False
+    src_cuts = record_splits(model.get_submodule(name), *src_inputs)
+    dst_cuts = record_splits(p.dest.get_submodule(name), args, kwargs)
+    changed = False
+    for lay in local:
+        member = lay.members[0]
+        src_shape = tuple(_tensor(model, p.source_of[member]).shape)
+        dst_shape = tuple(_tensor(p.dest, member).shape)
+        segs = list(lay.choice.segments)
+        for axis, (s, d) in enumerate(zip(src_shape, dst_shape)):
+            a, b = src_cuts.sections(s), dst_cuts.sections(d)
+            if s == d or not a or not b or len(a) != len(b) or any(y % x for x, y in zip(a, b)):
+                continue
+            segs[axis] = tuple((x, y // x) for x, y in zip(a, b))
+        if tuple(segs) == lay.choice.segments:
+            continue
+        choice = Choice(tuple(segs), lay.choice.contract, lay.choice.scale)
+        if choice not in lay.choices:
+            lay.choices.append(choice)
+        lay.index = lay.choices.index(choice)
+        fill(model, p, lay, dtype, first_time=False)
+        changed = True
+    return changed
+
+
 def _combos(start: list[int], sizes: list[int], max_changes: int = 3):
     """Index tuples ordered by how many layouts differ from ``start`` (one change, then two, ...)."""
     yield tuple(start)
@@ -475,11 +509,38 @@ def _combos(start: list[int], sizes: list[int], max_changes: int = 3):
                 yield tuple(combo)
 
 
-def _local_search(model, p: Plan, check: Check, index: int, name: str, t, local: list[Layout], dtype) -> bool:
+def _local_search(
+    model,
+    p: Plan,
+    check: Check,
+    index: int,
+    name: str,
+    t,
+    local: list[Layout],
+    dtype,
+    observed_only: bool = False,
+) -> bool:
     """Try layouts of the tensors under one module, re-running only that module on its recorded inputs."""
     module = p.dest.get_submodule(name)
     args, kwargs = t.inputs[name]
     expected = check.source.events[index].tensor
+
+    def matches() -> bool:
+        out = run_module(module, args, kwargs)
+        err = None if out is None else tiled_error(expected, out, check.hidden, check.n)
+        return err is not None and err <= check.tol
+
+    if observed_only:
+        before = [lay.index for lay in local]
+        if _apply_observed_sections(model, p, check, name, args, kwargs, local, dtype):
+            check.budget -= 2
+            if matches():
+                return True
+            for lay, idx in zip(local, before):
+                if lay.index != idx:
+                    lay.index = idx
+                    fill(model, p, lay, dtype, first_time=False)
+        return False
     start = [lay.index for lay in local]
     combos = itertools.islice(_combos(start, [len(lay.choices) for lay in local]), 1, 150)
     for combo in combos:
@@ -490,11 +551,8 @@ def _local_search(model, p: Plan, check: Check, index: int, name: str, t, local:
             if lay.index != idx:
                 lay.index = idx
                 fill(model, p, lay, dtype, first_time=False)
-        out = run_module(module, args, kwargs)
-        if out is not None:
-            err = tiled_error(expected, out, check.hidden, check.n)
-            if err is not None and err <= check.tol:
-                return True
+        if matches():
+            return True
     for lay, idx in zip(local, start):
         if lay.index != idx:
             lay.index = idx

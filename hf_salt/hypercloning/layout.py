@@ -113,7 +113,7 @@ def _module_kind(module: nn.Module | None, leaf: str, ndim: int) -> str:
 
 
 def contract_candidates(
-    kind: str, src_shape: tuple[int, ...], dst_shape: tuple[int, ...]
+    kind: str, src_shape: tuple[int, ...], dst_shape: tuple[int, ...], leaf: str = ""
 ) -> list[tuple[int, ...]]:
     """Which axes are summed against the (tiled) input, in order of likelihood."""
     grown = [i for i, (s, d) in enumerate(zip(src_shape, dst_shape)) if d != s]
@@ -128,7 +128,10 @@ def contract_candidates(
     if kind in fixed:
         return [tuple(a for a in c if a in grown) for c in fixed[kind]]
     nd = len(src_shape)
-    order = [(nd - 1,), (nd - 2,), ()] if nd >= 3 else [(), (nd - 1,), (0,)]
+    if nd >= 3 or leaf == "weight":  # expert tensors, custom routers: F.linear-style first
+        order = [(nd - 1,), (nd - 2,), ()]
+    else:
+        order = [(), (nd - 1,), (0,)]
     out: list[tuple[int, ...]] = []
     for c in order:
         c = tuple(a for a in c if a in grown)
@@ -160,7 +163,7 @@ def plan_layout(
                 f"{name}: axis {axis} goes from {s} to {d}, which is no whole number of copies of its parts"
             )
         per_axis.append(cands)
-    contracts = contract_candidates(kind, src_shape, dst_shape)
+    contracts = contract_candidates(kind, src_shape, dst_shape, leaf)
     choices: list[Choice] = []
     # vary one axis' segmentation at a time (the product would explode), then contraction and scale
     base = tuple(c[0] for c in per_axis)

@@ -194,3 +194,103 @@ def run_module(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | N
     with torch.no_grad(), contextlib.suppress(Exception):
         return _first_tensor(module(*args, **kwargs))
     return None
+
+
+class SplitRecorder:
+    """Records where a forward cuts tensors apart (``split``/``chunk``/``narrow``/slices): fused sections.
+
+    ``bounds[size]`` is the set of cut points seen on axes of that size. A fused projection's output axis is
+    cut into its sections there, which names the layout the shapes alone leave open.
+    """
+
+    def __init__(self) -> None:
+        self.bounds: dict[int, set[int]] = {}
+
+    def _add(self, size: int, cuts: list[int]) -> None:
+        inner = {c for c in cuts if 0 < c < size}
+        if inner:
+            self.bounds.setdefault(size, set()).update(inner)
+
+    def record(self, name: str, args: tuple, kwargs: dict) -> None:
+        if not args or not isinstance(args[0], torch.Tensor) or args[0].dim() == 0:
+            return
+        t = args[0]
+        if name in ("split", "split_with_sizes"):
+            sizes = (
+                args[1] if len(args) > 1 else kwargs.get("split_size_or_sections", kwargs.get("split_sizes"))
+            )
+            dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
+            size = t.shape[dim]
+            if isinstance(sizes, int) and sizes > 0:
+                self._add(size, list(range(sizes, size, sizes)))
+            elif isinstance(sizes, (list, tuple)):
+                acc, cuts = 0, []
+                for s in sizes:
+                    acc += int(s)
+                    cuts.append(acc)
+                self._add(size, cuts)
+        elif name == "chunk":
+            chunks = args[1] if len(args) > 1 else kwargs.get("chunks")
+            dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
+            size = t.shape[dim]
+            if isinstance(chunks, int) and chunks > 1 and size % chunks == 0:
+                self._add(size, list(range(size // chunks, size, size // chunks)))
+        elif name == "narrow":
+            dim, start, length = (list(args[1:4]) + [None] * 3)[:3]
+            if isinstance(dim, int) and isinstance(start, int) and isinstance(length, int):
+                self._add(t.shape[dim], [start, start + length])
+        elif name == "__getitem__" and len(args) > 1:
+            index = args[1] if isinstance(args[1], tuple) else (args[1],)
+            if any(i is None or isinstance(i, torch.Tensor) for i in index):
+                return
+            if Ellipsis in index:
+                k = index.index(Ellipsis)
+                dims = list(range(k)) + list(range(t.dim() - (len(index) - k - 1), t.dim()))
+                index = index[:k] + index[k + 1 :]
+            else:
+                dims = list(range(len(index)))
+            for dim, i in zip(dims, index):
+                if isinstance(i, slice) and i.step in (None, 1) and dim < t.dim():
+                    size = t.shape[dim]
+                    start, stop, _ = i.indices(size)
+                    self._add(size, [start, stop])
+
+    def sections(self, size: int) -> list[int] | None:
+        """Section lengths of an axis of ``size``, refined by the cuts seen on sections of each length."""
+        cuts = self._cuts(size, 0, depth=0)
+        if not cuts:
+            return None
+        points = [0, *sorted(cuts), size]
+        return [b - a for a, b in zip(points, points[1:])]
+
+    def _cuts(self, size: int, offset: int, depth: int) -> set[int]:
+        own = self.bounds.get(size, set())
+        out = {offset + c for c in own}
+        if depth > 3:
+            return out
+        points = [0, *sorted(own), size]
+        for a, b in zip(points, points[1:]):
+            if b - a != size and b - a in self.bounds:
+                out |= self._cuts(b - a, offset + a, depth + 1)
+        return out
+
+
+def record_splits(module: nn.Module, args: tuple, kwargs: dict) -> SplitRecorder:
+    """Run ``module`` once on recorded inputs and collect its cut points."""
+    from torch.overrides import TorchFunctionMode
+
+    recorder = SplitRecorder()
+    names = {"split", "split_with_sizes", "chunk", "narrow", "__getitem__"}
+
+    class _Mode(TorchFunctionMode):
+        def __torch_function__(self, func, types, f_args=(), f_kwargs=None):
+            f_kwargs = f_kwargs or {}
+            name = getattr(func, "__name__", "")
+            if name in names:
+                with contextlib.suppress(Exception):
+                    recorder.record(name, f_args, f_kwargs)
+            return func(*f_args, **f_kwargs)
+
+    with torch.no_grad(), contextlib.suppress(Exception), _Mode():
+        module(*args, **kwargs)
+    return recorder

@@ -89,12 +89,13 @@ _TINY: dict[str, Any] = {
         LAYERS,
     ),
     # vocabulary and positions
-    **dict.fromkeys(("vocab_size", "vocab_size_per_layer_input"), VOCAB),
+    **dict.fromkeys(("vocab_size", "vocab_size_per_layer_input", "encoder_hash_byte_group_vocab"), VOCAB),
     **dict.fromkeys(("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len"), 64),
     # mixture of experts
     **dict.fromkeys(("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts"), 4),
     **dict.fromkeys(("num_experts_per_tok", "moe_topk", "top_k", "num_experts_per_token", "moe_k"), 2),
     **dict.fromkeys(("n_shared_experts", "num_shared_experts", "moe_num_shared_experts"), 1),
+    **dict.fromkeys(("n_group", "num_expert_group", "topk_group"), 1),
     # multi-head latent attention
     **{"q_lora_rank": 16, "kv_lora_rank": 16, "qk_rope_head_dim": 4, "qk_nope_head_dim": 8, "v_head_dim": 8},
     # state-space layers
@@ -116,7 +117,9 @@ def _overrides(defaults: dict[str, Any]) -> dict[str, Any]:
     """Tiny values for the width/depth/vocabulary fields present in a config's ``to_dict()``."""
     out: dict[str, Any] = {}
     for key, value in defaults.items():
-        if isinstance(value, dict) and "model_type" in value:
+        if isinstance(value, dict) and (
+            "model_type" in value or "hidden_size" in value or "vocab_size" in value
+        ):
             out[key] = {**value, **_overrides(value)}
             continue
         tiny = _TINY.get(key)
@@ -143,16 +146,60 @@ def _overrides(defaults: dict[str, Any]) -> dict[str, Any]:
         for key, value in defaults.items():
             if key.endswith(("token_id", "token_index")) and isinstance(value, int) and value >= vocab:
                 out[key] = vocab - 1
-    layers = out.get("num_hidden_layers")
-    types = defaults.get("layer_types")
-    if isinstance(types, list) and layers:
-        distinct = list(dict.fromkeys(types))  # keep every kind of layer in the tiny model
-        out["num_hidden_layers"] = max(layers, len(distinct))
-        out["layer_types"] = (distinct * out["num_hidden_layers"])[: out["num_hidden_layers"]]
+    _shrink_layer_lists(defaults, out)
+    if defaults.get("head_dim", 0) is None and "num_attention_heads" in out and "qk_rope_head_dim" not in out:
+        out["head_dim"] = HEAD_DIM
+    if isinstance(defaults.get("attention_types"), list):  # GPT-Neo: [[kinds, repeats]]
+        out["attention_types"] = [[["global", "local"], max(1, out.get("num_layers", LAYERS) // 2)]]
     rope = defaults.get("rope_parameters")
     if isinstance(rope, dict) and rope.get("rope_theta") is None and "rope_type" in rope:
         out["rope_parameters"] = {**rope, "rope_theta": 10000.0}
     return out
+
+
+def _shrink_layer_lists(defaults: dict[str, Any], out: dict[str, Any]) -> None:
+    """Keep one layer of every kind and cut every per-layer list (and layer-indexed dict) to match."""
+    key = next((k for k in ("num_hidden_layers", "num_layers", "n_layer") if k in out), None)
+    old = defaults.get(key) if key else None
+    if not isinstance(old, int) or old <= out[key]:
+        return
+    types = next(
+        (
+            defaults[k]
+            for k in ("layer_types", "layers_block_type", "attention_layers")
+            if isinstance(defaults.get(k), list)
+        ),
+        None,
+    )
+    keep: list[int] = []
+    if types and len(types) == old:
+        seen: set = set()
+        for i, t in enumerate(types):
+            if repr(t) not in seen:
+                seen.add(repr(t))
+                keep.append(i)
+    for i in range(old):
+        if len(keep) >= max(out[key], len(keep)):
+            break
+        if i not in keep:
+            keep.append(i)
+    keep = sorted(keep)
+    out[key] = len(keep)
+    for k, v in defaults.items():
+        if isinstance(v, list) and len(v) == old:
+            picked = [v[i] for i in keep]
+            if k in _TINY and all(isinstance(x, int) for x in picked):
+                picked = [_TINY[k]] * len(keep)
+            out[k] = picked
+        elif isinstance(v, dict) and v and all(isinstance(x, str) and x.isdigit() for x in v):
+            remap = {str(i).zfill(len(next(iter(v)))): i_new for i_new, i in enumerate(keep)}
+            out[k] = {
+                str(remap[x]).zfill(len(x)): {kk: _TINY.get(kk, vv) for kk, vv in inner.items()}
+                for x, inner in v.items()
+                if x in remap and isinstance(inner, dict)
+            }
+        elif k.endswith("layer_ids") and isinstance(v, list):
+            out[k] = [keep.index(i) for i in v if i in keep]
 
 
 def tiny_config(model_type: str) -> PretrainedConfig:

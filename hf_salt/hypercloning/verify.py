@@ -12,7 +12,8 @@ def _inputs(
     if input_ids is not None:
         return input_ids
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, model.config.vocab_size, (batch_size, seq_len), generator=g)
+    vocab = model.get_input_embeddings().num_embeddings
+    return torch.randint(0, vocab, (batch_size, seq_len), generator=g)
 
 
 def _device(model: PreTrainedModel) -> torch.device:

@@ -1,0 +1,68 @@
+"""The coverage matrix: every causal-LM type the installed transformers registers grows exactly or is refused.
+
+Rows come from ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`` at test time, so a new transformers release shows up as
+new rows. Each row builds the type tiny in fp32, grows it 2x and 3x wide, saves and reloads it with
+``AutoModelForCausalLM`` and compares logits on a padded batch (``hf_salt.hypercloning.coverage.run_row``).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from hf_salt.hypercloning import REASONS
+from hf_salt.hypercloning.coverage import causal_lm_types, run_row
+
+# families people pretrain and grow today: these must stay exact
+MUST_BE_EXACT = {
+    "gemma3",
+    "gemma3_text",
+    "gemma4",
+    "gemma4_text",
+    "qwen3_5",
+    "qwen3_5_text",
+    "llama4",
+    "llama4_text",
+    "olmo2",
+    "olmo3",
+    "smollm3",
+    "granite",
+    "cohere",
+    "cohere2",
+    "stablelm",
+    "falcon",
+    "phi",
+    "starcoder2",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
+    "deepseek_v2",
+    "deepseek_v3",
+    "glm4",
+    "gpt_oss",
+    "mamba",
+    "mamba2",
+    "jamba",
+    "llama",
+    "gpt2",
+    "opt",
+    "gpt_neox",
+}
+TYPES = causal_lm_types()
+
+
+def test_the_matrix_follows_the_installed_transformers() -> None:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    assert TYPES == sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) and len(TYPES) > 100
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_every_causal_lm_type_grows_exactly_or_is_refused(model_type: str) -> None:
+    row = run_row(model_type)
+    assert row.status in ("exact", "refused"), f"{model_type}: {row.status} {row.reason} {row.detail}"
+    if row.status == "refused":
+        assert row.reason in REASONS, row.reason
+        assert model_type not in MUST_BE_EXACT, f"{model_type} refused: {row.reason}: {row.detail}"
+    else:
+        assert row.max_diff <= 1e-5
