@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -383,10 +384,14 @@ class Check:
     skip_from: int | None  # events from this index on are not compared (after a rescaled final norm)
     logits_only: bool
     budget: int = 400
+    deadline: float | None = None  # wall clock: the search may take ~30 traced forwards of the clone
     skip_modules: set[str] = field(default_factory=set)  # rescaled on purpose: their own outputs differ
 
     def divergence(self, dest: PreTrainedModel, keep_inputs: bool = False):
         self.budget -= 4  # a full forward costs about as much as a few module re-runs
+        started = time.perf_counter()
+        if self.deadline is not None and started > self.deadline:
+            self.budget = 0
         t = trace(dest, self.ids, self.mask, keep_inputs=keep_inputs)
         if self.logits_only:
             events = type(self.source)([], self.source.logits)
@@ -396,6 +401,8 @@ class Check:
             events = self.source
         head = self.model.get_output_embeddings()
         head_name = next((k for k, v in self.model.named_modules() if v is head), "")
+        if self.deadline is None:
+            self.deadline = time.perf_counter() + 30 * (time.perf_counter() - started) + 2.0
         skip = {(head_name, "in")} | {(name, "out") for name in self.skip_modules}
         return first_divergence(events, t, self.hidden, self.n, self.tol, skip), t
 
@@ -544,7 +551,7 @@ def _local_search(
     start = [lay.index for lay in local]
     combos = itertools.islice(_combos(start, [len(lay.choices) for lay in local]), 1, 150)
     for combo in combos:
-        if check.budget <= 0:
+        if check.budget <= 0 or (check.deadline is not None and time.perf_counter() > check.deadline):
             break
         check.budget -= 1
         for lay, idx in zip(local, combo):
