@@ -148,7 +148,7 @@ def compare(src: torch.nn.Module, args: argparse.Namespace) -> None:
                 secs = time.perf_counter() - t
             times[name].append(secs)
             print(
-                f"{name:20s} {secs:6.1f}s  RSS {before:.2f} -> peak {peak.peak:.2f} GB ({n_params(big) / 1e9:.3f}B params)",
+                f"{name:20s} {secs:6.1f}s  RSS {before:.2f} -> peak {peak.peak:.2f} GB ({big.num_parameters() / 1e9:.3f}B params)",
                 flush=True,
             )
             del big
