@@ -12,7 +12,7 @@ export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 common=(--tokenizer "$TOK" --corpus "$DATA" --block_size 128 --per_device_train_batch_size 16
         --max_steps "$STEPS" --warmup_steps $((STEPS / 20)) --lr_scheduler_type cosine --weight_decay 0.1
         --adam_beta2 0.95 --max_eval_blocks 256 --per_device_eval_batch_size 64 --eval_strategy steps
-        --eval_steps $((STEPS / 5)) --logging_steps 25 --save_strategy no --report_to none --seed 0
+        --eval_steps $((STEPS / 2)) --logging_steps 25 --save_strategy no --report_to none --seed 0
         --data_seed 0 --use_cpu true --disable_tqdm true)
 mkdir -p "$OUT"
 python -m hf_salt.cli.main pretrain --model llama-micro --learning_rate 3e-3 --output_dir "$OUT/teacher" \
