@@ -211,7 +211,7 @@ def _salt(kd: bool, backend: str):
 
         args = SALTConfig(
             **common,
-            kd_steps=10**6 if kd else 0,
+            kd_steps=common["max_steps"] if kd else 0,  # KD on every timed step
             kd_weight=0.5,
             kd_loss_backend=backend,
             teacher_offload_after_kd="keep",
