@@ -131,22 +131,6 @@ def check_causal_lm(model_or_config: Any, what: str = "the model") -> None:
         )
 
 
-def load_causal_lm(name_or_path: str, what: str = "the model", **kwargs: Any) -> Any:
-    """`AutoModelForCausalLM.from_pretrained` with the checks above and corrupt files named."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    check_model_path(name_or_path, what)
-    with naming_corrupt_files(name_or_path, what):
-        config = AutoConfig.from_pretrained(name_or_path, **_config_kwargs(kwargs))
-        check_causal_lm(config, f"{what} {name_or_path!r}")
-        return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
-
-
-def _config_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    keep = ("local_files_only", "revision", "token", "cache_dir", "trust_remote_code")
-    return {k: v for k, v in kwargs.items() if k in keep}
-
-
 @contextlib.contextmanager
 def naming_corrupt_files(path: str | os.PathLike, what: str = "the model") -> Iterator[None]:
     """Re-raise a safetensors / Arrow read error as a `ValueError` naming the damaged file under `path`."""

@@ -24,13 +24,13 @@ from torch.utils.data import SequentialSampler
 from transformers import PreTrainedModel, Trainer
 from transformers.utils import logging
 
-from hf_salt.checks import check_causal_lm, check_positions, load_causal_lm
+from hf_salt.checks import check_causal_lm, check_positions
 from hf_salt.data.sft import prepare_trainer_data
 from hf_salt.salt.config import SALTConfig
 from hf_salt.salt.losses import KDLossOutput, fused_kd_loss, logit_transform
 from hf_salt.salt.schedules import KDScheduleCallback, KDState, get_schedule
 from hf_salt.trainer_base import TrainerBase, paper
-from hf_salt.zoo import parse_dtype
+from hf_salt.zoo import load_model, parse_dtype
 
 logger = logging.get_logger(__name__)
 
@@ -133,7 +133,7 @@ class SALTTrainer(TrainerBase, Trainer):
         if not isinstance(args, SALTConfig):
             raise TypeError(f"SALTTrainer needs args=SALTConfig(...), got {type(args).__name__}.")
         if isinstance(model, str):
-            model = load_causal_lm(model, "the student")
+            model = load_model(model, flag="the student", local_files_only=False, causal=True)
         if model is None:
             raise ValueError("SALTTrainer needs a student model (a *ForCausalLM model or a local path).")
         check_causal_lm(model, "the student")
@@ -197,7 +197,9 @@ class SALTTrainer(TrainerBase, Trainer):
             if replicate:  # load a full copy: keep from_pretrained from partitioning it with zero.Init
                 hf_ds.unset_hf_deepspeed_config()
             try:
-                teacher = load_causal_lm(teacher, "the teacher", **init_kwargs)
+                teacher = load_model(
+                    teacher, flag="the teacher", local_files_only=False, causal=True, **init_kwargs
+                )
             finally:
                 if replicate:
                     hf_ds._hf_deepspeed_config_weak_ref = ds_ref
