@@ -516,6 +516,14 @@ def _combos(start: list[int], sizes: list[int], max_changes: int = 3):
                 yield tuple(combo)
 
 
+def _set_layouts(model: PreTrainedModel, p: Plan, layouts, indices, dtype: torch.dtype) -> None:
+    """Switch each layout to its candidate index and refill only the tensors whose choice changed."""
+    for lay, idx in zip(layouts, indices):
+        if lay.index != idx:
+            lay.index = idx
+            fill(model, p, lay, dtype, first_time=False)
+
+
 def _local_search(
     model,
     p: Plan,
@@ -543,10 +551,7 @@ def _local_search(
             check.budget -= 2
             if matches():
                 return True
-            for lay, idx in zip(local, before):
-                if lay.index != idx:
-                    lay.index = idx
-                    fill(model, p, lay, dtype, first_time=False)
+            _set_layouts(model, p, local, before, dtype)
         return False
     start = [lay.index for lay in local]
     combos = itertools.islice(_combos(start, [len(lay.choices) for lay in local]), 1, 150)
@@ -554,16 +559,10 @@ def _local_search(
         if check.budget <= 0 or (check.deadline is not None and time.perf_counter() > check.deadline):
             break
         check.budget -= 1
-        for lay, idx in zip(local, combo):
-            if lay.index != idx:
-                lay.index = idx
-                fill(model, p, lay, dtype, first_time=False)
+        _set_layouts(model, p, local, combo, dtype)
         if matches():
             return True
-    for lay, idx in zip(local, start):
-        if lay.index != idx:
-            lay.index = idx
-            fill(model, p, lay, dtype, first_time=False)
+    _set_layouts(model, p, local, start, dtype)
     return False
 
 
