@@ -74,7 +74,7 @@ def _run_jobs(cfg: BenchmarkConfig, sweep: SweepArgs, indices: list[int]) -> Non
         point = cfg if job is None else dataclasses.replace(cfg, kd_weight=job[0], kd_temperature=job[1])
         path = _job_path(bench.out, seed, job)
         bench.cfg = point
-        if cfg.resume and path.exists() and json.loads(path.read_text()).get("key") == bench.run_key(arm):
+        if cfg.resume and path.exists() and json.loads(path.read_text()).get("key") in bench.run_keys(arm):
             print(f"[sweep] reusing {path}")
             continue
         print(f"[sweep] {arm} {job or ''}")
@@ -147,8 +147,8 @@ def sweep_markdown(cfg: BenchmarkConfig, data: dict[str, Any], plot_rel: str, co
         f"Command: `{command}`  ",
         f"Hardware: {hardware()['summary']}; {cfg.workers} worker process(es) x {cfg.num_threads or 'default'} "
         f"thread(s)  ",
-        f"Budget: {cfg.max_steps} steps x {cfg.global_batch_size} x {cfg.block_size} tokens, n_KD = {cfg.kd_steps} "
-        f"({cfg.kd_fraction:.0%}, step schedule), teacher {cfg.teacher_preset} ({cfg.teacher_steps} steps, final "
+        f"Budget: {cfg.max_steps} steps x {cfg.global_batch_size} x {cfg.block_size} tokens, n_KD = {cfg.resolved_kd_steps} "
+        f"({cfg.resolved_kd_steps / cfg.max_steps:.0%} of the steps, step schedule), teacher {cfg.teacher_preset} ({cfg.teacher_steps} steps, final "
         f"val loss {data['teacher']['final_loss']:.3f}), student {cfg.student_preset}; baseline final val loss "
         f"{base_loss:.3f}. One seed: differences of a few thousandths are within noise.",
         "",
@@ -250,8 +250,9 @@ def run(cfg: BenchmarkConfig, sweep: SweepArgs) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from hf_salt.cli.parser import Command
+    from hf_salt.experiments.config import RENAMED
 
-    return Command([BenchmarkConfig, SweepArgs], run, description=__doc__).main(
+    return Command([BenchmarkConfig, SweepArgs], run, description=__doc__, renamed=RENAMED).main(
         list(sys.argv[1:] if argv is None else argv), prog="sweep_kd.py"
     )
 

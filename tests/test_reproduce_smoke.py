@@ -169,7 +169,7 @@ def test_config_validation_messages():
     with pytest.raises(ValueError, match="multiple of eval_every"):
         bench_mod.BenchmarkConfig(max_steps=10, eval_every=3)
     assert bench_mod.BenchmarkConfig(arms=["salt"]).arms == ["baseline", "salt"]
-    assert bench_mod.BenchmarkConfig(max_steps=100, kd_fraction=0.2).kd_steps == 20
+    assert bench_mod.BenchmarkConfig(max_steps=100, kd_steps=0.2).resolved_kd_steps == 20
 
 
 # ------------------------------------------------------------------------------------------ end to end
@@ -184,7 +184,7 @@ def test_every_arm_end_to_end_through_the_cli(tmp_path):
         "benchmark", "--corpus", "tinyshakespeare", "--max_train_blocks", "400",
         "--teacher_preset", "llama-tiny", "--student_preset", "llama-tiny-2x", "--block_size", "32",
         "--max_steps", "8", "--teacher_steps", "8", "--batch_size", "4", "--eval_every", "4",
-        "--eval_blocks", "8", "--warmup_steps", "1", "--seeds", "0", "--kd_fraction", "0.25", "--kd_weight", "0.5",
+        "--eval_blocks", "8", "--warmup_steps", "1", "--seeds", "0", "--kd_steps", "0.25", "--kd_weight", "0.5",
         "--hypercloning_snr_db", "10", "--hc_warmup_steps", "2", "--disable_tqdm", "true",
         "--output_dir", str(out), "--report_dir", str(tmp_path), "--results_md", str(md), "--label", "tiny",
     ]  # fmt: skip
@@ -220,6 +220,20 @@ def test_every_arm_end_to_end_through_the_cli(tmp_path):
     assert main(argv) == 0
     again = json.loads((out / "results.json").read_text())
     assert again["runs"]["0"]["salt"]["curve"] == runs["salt"]["curve"]
+    # a run saved when n_KD was called kd_fraction (its key hashed that name) is reused by the old flag too
+    saved = out / "runs" / "seed0" / "salt.json"
+    record = json.loads(saved.read_text())
+    cfg = bench_mod.BenchmarkConfig(**{k: v for k, v in results["config"].items()})
+    fields = bench_mod.Benchmark(cfg)._run_fields("salt")
+    legacy = engine.digest({("kd_fraction" if k == "kd_steps" else k): v for k, v in fields.items()})
+    assert legacy != record["key"]
+    saved.write_text(json.dumps({**record, "key": legacy, "saved_with": "kd_fraction"}))
+    old_argv = [("--kd_fraction" if a == "--kd_steps" else a) for a in argv]
+    with pytest.warns(FutureWarning, match="--kd_fraction is deprecated; use --kd_steps"):
+        assert main(old_argv) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert again["runs"]["0"]["salt"]["saved_with"] == "kd_fraction"  # reused, not trained again
+    assert again["config"]["kd_steps"] == 0.25 and "kd_fraction" not in again["config"]
 
 
 def test_same_data_order_in_every_arm(tmp_path):
@@ -232,7 +246,7 @@ def test_same_data_order_in_every_arm(tmp_path):
     cfg = bench_mod.BenchmarkConfig(
         corpus="tinyshakespeare", max_train_blocks=200, teacher_preset="llama-tiny",
         student_preset="llama-tiny-2x", block_size=32, max_steps=8, batch_size=4, eval_every=4,
-        eval_blocks=8, kd_fraction=0.25, salt_ds_pool=2, output_dir=str(tmp_path),
+        eval_blocks=8, kd_steps=0.25, salt_ds_pool=2, output_dir=str(tmp_path),
     )  # fmt: skip
     bench = bench_mod.Benchmark(cfg)
     bench.load_data()

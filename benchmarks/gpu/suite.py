@@ -232,7 +232,7 @@ def part_reproduce(out: Path, smoke: bool) -> dict:
         flags = ["--corpus", str(corpus / "data"), "--teacher_preset", "llama-tiny", "--student_preset", "llama-tiny-2x",
                  "--block_size", "32", "--batch_size", "4", "--max_steps", "8", "--teacher_steps", "8",
                  "--eval_every", "4", "--eval_blocks", "8", "--warmup_steps", "1", "--corpus_fraction", "0",
-                 "--single_epoch", "false", "--bf16", "false", "--disable_tqdm", "true", "--kd_fraction", "0.25"]  # fmt: skip
+                 "--single_epoch", "false", "--bf16", "false", "--disable_tqdm", "true", "--kd_steps", "0.25"]  # fmt: skip
     else:  # ~14 MB of Python installed on the machine (~8M tokens): more than the 3.9M the run reads once
         roots = [str(_site_packages_root("torch") / "_inductor")]
         roots += [str(_site_packages_root(p)) for p in ("accelerate", "peft")]

@@ -13,6 +13,7 @@ from typing import Any
 from hf_salt.checks import check_no_finished_run, check_writable
 from hf_salt.cli.parser import Command
 from hf_salt.experiments import ExperimentConfig, format_table, run_experiment
+from hf_salt.experiments.config import RENAMED
 
 SCALES: dict[str, dict] = {
     # the per-arm budget of benchmarks/configs/cpu.yaml (one seed): ~1.5-2 minutes per arm on 2 cores
@@ -25,7 +26,7 @@ SCALES: dict[str, dict] = {
         eval_every=24,
         eval_blocks=128,
         learning_rate=2e-3,  # the settings of the benchmark's CPU table (RESULTS.md, "Closing the gap")
-        kd_fraction=0.4,
+        kd_steps=0.4,
         hypercloning_snr_db=10.0,
     ),
     "tiny": dict(  # seconds: for tests and smoke checks
@@ -99,7 +100,10 @@ def _demo_config_class() -> type:
         "DemoConfig",
         fields,
         bases=(ExperimentConfig,),
-        namespace={"__post_init__": lambda self: None, "__doc__": "ExperimentConfig for `hf-salt demo`."},
+        namespace={
+            "__post_init__": lambda self, kd_fraction=None: self.take_renamed(kd_fraction=kd_fraction),
+            "__doc__": "ExperimentConfig for `hf-salt demo`.",
+        },
     )
     cls.__module__ = __name__
     return cls
@@ -161,4 +165,4 @@ def run(demo: DemoArgs, given: Any) -> int:
     return 0
 
 
-COMMAND = Command([DemoArgs, DemoConfig], run, description=__doc__)
+COMMAND = Command([DemoArgs, DemoConfig], run, description=__doc__, renamed=RENAMED)

@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 
 import yaml
 from transformers import HfArgumentParser
+
+from hf_salt.deprecation import rename_keys, rename_options
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -38,24 +39,6 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             f"Config file {str(path)!r} must hold a mapping of option: value, got {type(data).__name__}."
         )
     return data
-
-
-def rename_options(argv: Sequence[str], renamed: dict[str, str], prog: str | None = None) -> list[str]:
-    """Old option names -> current ones (``renamed``: old name -> new name, without dashes), with a
-    FutureWarning each, so scripts written against an old name keep working while they are updated."""
-    out = []
-    for arg in argv:
-        flag, eq, value = arg.partition("=")
-        old = flag[2:].replace("-", "_") if flag.startswith("--") else None
-        if old in renamed:
-            warnings.warn(
-                f"{prog or 'hf-salt'}: --{old} is deprecated; use --{renamed[old]} (same meaning).",
-                FutureWarning,
-                stacklevel=3,
-            )
-            arg = f"--{renamed[old]}{eq}{value}"
-        out.append(arg)
-    return out
 
 
 def parse_args(
@@ -91,14 +74,7 @@ def parse_args(
                 del argv[i]
                 break
     if config_path is not None:
-        values = load_config_file(config_path)
-        for old in [k for k in values if k in renamed]:
-            warnings.warn(
-                f"{config_path}: {old} is deprecated; use {renamed[old]} (same meaning).",
-                FutureWarning,
-                stacklevel=3,
-            )
-            values[renamed[old]] = values.pop(old)
+        values = rename_keys(load_config_file(config_path), renamed, where=config_path, stacklevel=4)
         known = {action.dest for action in parser._actions}
         unknown = sorted(set(values) - known)
         if unknown:

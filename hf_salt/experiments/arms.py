@@ -70,7 +70,7 @@ class ArmContext:
         fields: dict[str, Any] = dict(
             kd_weight=c.kd_weight,
             kd_temperature=c.kd_temperature,
-            kd_steps=c.kd_steps,
+            kd_steps=c.resolved_kd_steps,
             kd_schedule="step",
             teacher_offload_after_kd="cpu",
         )
@@ -220,7 +220,7 @@ def _salt_ds(ctx: ArmContext) -> ArmSetup:
     from hf_salt.salt_ds.scoring import NUM_LEARNABLE_COLUMN
 
     c = ctx.config
-    budget = kd_budget(c.kd_steps, c.global_batch_size)
+    budget = kd_budget(c.resolved_kd_steps, c.global_batch_size)
     start = time.perf_counter()
     pool = ctx.train.select(range(min(len(ctx.train), c.salt_ds_pool * budget)))
     scored = score_dataset(

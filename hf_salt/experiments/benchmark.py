@@ -30,6 +30,7 @@ from hf_salt.experiments.engine import Engine
 from hf_salt.experiments.metrics import aggregate, check_targets, markdown_table, teacher_seed_for
 from hf_salt.experiments.report import command_line, hardware, now, write_report
 from hf_salt.experiments.resume import check_resume
+from hf_salt.salt.schedules import check_kd_steps
 
 
 @dataclass
@@ -107,10 +108,10 @@ class BenchmarkConfig(SharedSettings):
         },
     )
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, kd_fraction: float | None = None) -> None:
         if isinstance(self.seeds, (int, str)):
             self.seeds = [int(s) for s in re.split(r"[,\s]+", str(self.seeds)) if s]
-        super().__post_init__()
+        super().__post_init__(kd_fraction)
         if not self.seeds:
             raise ValueError("seeds must list at least one seed, e.g. --seeds 0 1.")
         if len(set(self.seeds)) != len(self.seeds):
@@ -159,6 +160,7 @@ class Benchmark(Engine):
                     f"({cfg.eval_every}) steps of {cfg.global_batch_size} blocks: use more data or smaller batches."
                 )
             cfg.max_steps, cfg.teacher_steps = steps, min(cfg.teacher_steps, steps)
+            check_kd_steps(cfg.kd_steps, steps, n=cfg.resolved_kd_steps)  # a step count may not fit any more
             print(f"[benchmark] corpus_fraction={cfg.corpus_fraction}: {steps} steps per run")
         need = max(cfg.max_steps, cfg.teacher_steps) * cfg.global_batch_size
         self.epochs = need / len(self.train)
@@ -188,7 +190,7 @@ class Benchmark(Engine):
         self.load_data()
         results: dict[str, Any] = {
             "config": asdict(cfg),
-            "kd_steps": cfg.kd_steps,
+            "kd_steps": cfg.resolved_kd_steps,
             "command": self.command,
             "hardware": hardware(),
             "started": now(),
@@ -256,7 +258,7 @@ class Benchmark(Engine):
         if not path.exists():
             return None
         record = json.loads(path.read_text())
-        if record.get("key") != self.run_key(arm) or record.get("teacher_seed") != tseed:
+        if record.get("key") not in self.run_keys(arm) or record.get("teacher_seed") != tseed:
             return None
         return record
 

@@ -7,11 +7,12 @@ resuming and reporting. The KD defaults are SALTConfig's, so the demo, the bench
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
-from hf_salt.salt.config import SALTConfig
-from hf_salt.salt.schedules import resolve_kd_steps
+from hf_salt.deprecation import rename_keys
+from hf_salt.salt.config import SALTConfig, int_or_fraction
+from hf_salt.salt.schedules import check_kd_steps, resolve_kd_steps
 
 
 def salt_default(name: str) -> Any:
@@ -31,9 +32,13 @@ def like(cls: type, name: str, default: Any) -> Any:
 
 
 # the config fields a run's result depends on beyond the shared ones, by arm family (see Arm.depends_on)
-KD_FIELDS = ("kd_weight", "kd_temperature", "kd_fraction", "kd_decay_start")
+KD_FIELDS = ("kd_weight", "kd_temperature", "kd_steps", "kd_decay_start")
 AUTO_FIELDS = ("kd_weight", "kd_temperature", "kd_auto_cap", "kd_auto_margin", "kd_auto_decay")
 HYPERCLONING_FIELDS = ("hypercloning_snr_db", "hc_learning_rate", "hc_warmup_steps")
+
+#: deprecated names of config fields -> current names: accepted as flags, config-file keys and keywords (with a
+#: FutureWarning), and in saved runs (silently, see Engine.run_keys)
+RENAMED = {"kd_fraction": "kd_steps"}
 
 
 @dataclass
@@ -101,9 +106,12 @@ class SharedSettings:
         default=salt_default("kd_temperature"),
         metadata={"help": "tau, the KD temperature (default: SALTConfig's)."},
     )
-    kd_fraction: float = field(
+    kd_steps: float = field(
         default=salt_default("kd_steps"),
-        metadata={"help": "n_KD as a fraction of max_steps, in (0, 1) (default: SALTConfig's kd_steps)."},
+        metadata={
+            "help": "n_KD: optimizer steps with KD, an integer in [1, max_steps] or a fraction in (0, 1) of "
+            "max_steps, as in SALTConfig (default: SALTConfig's). Old name: kd_fraction (deprecated)."
+        },
     )
     kd_decay_start: float | None = field(
         default=salt_default("kd_decay_start"),
@@ -161,9 +169,23 @@ class SharedSettings:
         },
     )
 
-    def __post_init__(self) -> None:
+    # deprecated keyword: kd_fraction=0.2 means kd_steps=0.2 (a FutureWarning says so); not a field, so not saved
+    kd_fraction: InitVar[float | None] = None
+
+    def take_renamed(self, **old: Any) -> None:
+        """Deprecated keywords (``RENAMED``) given with a value set their current field, with a FutureWarning."""
+        given = {k: v for k, v in old.items() if v is not None}
+        for name, value in rename_keys(given, RENAMED, where=type(self).__name__, stacklevel=5).items():
+            current, default = getattr(self, name), self.__dataclass_fields__[name].default
+            if current is not None and current != default:
+                old_name = next(k for k, v in RENAMED.items() if v == name)
+                raise ValueError(f"Pass {name} only ({old_name} is its deprecated name), not both.")
+            setattr(self, name, value)
+
+    def __post_init__(self, kd_fraction: float | None = None) -> None:
         from hf_salt.experiments.arms import resolve_arms
 
+        self.take_renamed(kd_fraction=kd_fraction)
         if isinstance(self.arms, str):
             self.arms = [a for a in self.arms.replace(",", " ").split() if a]
         self.arms = resolve_arms(self.arms)
@@ -172,8 +194,13 @@ class SharedSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if self.block_size < 2:
             raise ValueError(f"block_size must be >= 2, got {self.block_size}.")
-        if not 0.0 < self.kd_fraction < 1.0:
-            raise ValueError(f"kd_fraction must be in (0, 1) (n_KD / max_steps), got {self.kd_fraction}.")
+        self.kd_steps = int_or_fraction(self.kd_steps, "kd_steps", "of max_steps")
+        if self.kd_steps < 1 and isinstance(self.kd_steps, int):
+            raise ValueError(
+                f"kd_steps={self.kd_steps}: every KD arm needs n_KD >= 1; give a step count in [1, max_steps] "
+                "or a fraction of max_steps in (0, 1), e.g. 0.2 (leave the KD arms out to train without KD)."
+            )
+        check_kd_steps(self.kd_steps, self.max_steps, n=self.resolved_kd_steps)
         if self.kd_decay_start is not None and not 0.0 <= self.kd_decay_start < 1.0:
             raise ValueError(
                 f"kd_decay_start must be a fraction of n_KD in [0, 1), got {self.kd_decay_start}."
@@ -195,9 +222,9 @@ class SharedSettings:
             raise ValueError(f"save_steps must be >= 0 (0 = no checkpoints), got {self.save_steps}.")
 
     @property
-    def kd_steps(self) -> int:
-        """n_KD in optimizer steps, rounded as SALTTrainer rounds a fractional kd_steps (at least 1)."""
-        return max(1, resolve_kd_steps(self.kd_fraction, self.max_steps))
+    def resolved_kd_steps(self) -> int:
+        """n_KD in optimizer steps: ``kd_steps`` itself, or a fraction rounded as SALTTrainer rounds it (at least 1)."""
+        return max(1, resolve_kd_steps(self.kd_steps, self.max_steps))
 
     @property
     def global_batch_size(self) -> int:

@@ -61,7 +61,7 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     }
     for name in tqdm(config.arms, desc="arms", unit="arm", disable=config.disable_tqdm):
         saved = out / RUNS / f"seed{config.seed}" / f"{name.replace('+', '_plus_')}.json"
-        record = _finished(saved, engine.run_key(name)) if resume else None
+        record = _finished(saved, engine.run_keys(name)) if resume else None
         if record is None:
             saved.unlink(missing_ok=True)
             record = engine.run_arm(
@@ -95,12 +95,12 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     return results
 
 
-def _finished(saved: Path, key: str) -> dict[str, Any] | None:
+def _finished(saved: Path, keys: set[str]) -> dict[str, Any] | None:
     """The record of a finished arm run of this config (its model saved), else None."""
     if not saved.is_file():
         return None
     record = json.loads(saved.read_text())
-    ok = record.get("key") == key and Path(record.get("path", "")).is_dir()
+    ok = record.get("key") in keys and Path(record.get("path", "")).is_dir()
     return record if ok else None
 
 

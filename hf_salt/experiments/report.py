@@ -133,7 +133,7 @@ def report_markdown(results: dict[str, Any], rows: list[dict[str, Any]], plot_re
         f"Budget: {cfg['max_steps']} steps x {cfg['batch_size'] * cfg['gradient_accumulation_steps']} blocks x "
         f"{cfg['block_size']} tokens = {cfg['max_steps'] * cfg['batch_size'] * cfg['gradient_accumulation_steps'] * cfg['block_size']:,} "
         f"tokens per arm ({results['epochs']:.2f} epochs of {results['train_tokens']:,} training tokens); "
-        f"teacher {cfg['teacher_steps']} steps; n_KD = {results['kd_steps']} ({cfg['kd_fraction']:.0%}{decay_note}); "
+        f"teacher {cfg['teacher_steps']} steps; n_KD = {results['kd_steps']} ({results['kd_steps'] / cfg['max_steps']:.0%} of the steps{decay_note}); "
         f"omega = {cfg['kd_weight']}, tau = {cfg['kd_temperature']}; AdamW, peak LR {cfg['learning_rate']}, "
         f"{cfg['warmup_steps']} warm-up steps then cosine; "
         f"HyperCloning LR {cfg['hc_learning_rate'] or cfg['learning_rate']}, warm-up "

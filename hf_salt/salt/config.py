@@ -184,7 +184,7 @@ class SALTConfig(SFTDataArguments, TrainingArguments):
             )
         if not 0.0 <= self.kd_jsd_beta <= 1.0:
             raise ValueError(f"kd_jsd_beta must be in [0, 1], got {self.kd_jsd_beta}.")
-        self.kd_steps = _int_or_fraction(self.kd_steps, "kd_steps", "of max_steps")
+        self.kd_steps = int_or_fraction(self.kd_steps, "kd_steps", "of max_steps")
         if self.kd_steps < 0:
             raise ValueError(
                 f"kd_steps must be >= 0 (steps) or in (0, 1) (fraction of max_steps), got {self.kd_steps}."
@@ -200,7 +200,7 @@ class SALTConfig(SFTDataArguments, TrainingArguments):
                 f"kd_schedule={self.kd_schedule!r} needs kd_weight < 1; lower kd_weight or use 'linear'."
             )
         if self.kd_decay_start is not None:
-            self.kd_decay_start = _int_or_fraction(
+            self.kd_decay_start = int_or_fraction(
                 self.kd_decay_start, "kd_decay_start", "of kd_steps", allow_zero=True
             )
             if self.kd_decay_start < 0:
@@ -247,7 +247,7 @@ class SALTConfig(SFTDataArguments, TrainingArguments):
             raise ValueError(f"kd_auto_margin must be a finite number of nats, got {self.kd_auto_margin}.")
         if not 0.0 <= self.kd_auto_smoothing < 1.0:
             raise ValueError(f"kd_auto_smoothing must be in [0, 1), got {self.kd_auto_smoothing}.")
-        self.kd_auto_decay_steps = _int_or_fraction(
+        self.kd_auto_decay_steps = int_or_fraction(
             self.kd_auto_decay_steps, "kd_auto_decay_steps", "of max_steps", allow_zero=True
         )
         if self.kd_auto_decay_steps < 0:
@@ -263,7 +263,7 @@ class SALTConfig(SFTDataArguments, TrainingArguments):
             )
 
 
-def _int_or_fraction(value: float, name: str, of: str, allow_zero: bool = False) -> int | float:
+def int_or_fraction(value: float, name: str, of: str, allow_zero: bool = False) -> int | float:
     """Integral values become step counts; others must be fractions in (0, 1) (or [0, 1) with allow_zero)."""
     value = float(value)
     if value.is_integer():
