@@ -151,13 +151,19 @@ def save_pretrained_atomic(
     save_directory: str | os.PathLike,
     *,
     tokenizer: Any | None = None,
-    overwrite: bool = True,
+    overwrite: bool = False,
     **save_kwargs: Any,
 ) -> Path:
     """``model.save_pretrained`` (and the tokenizer's) into `save_directory`, atomically: a complete folder or
-    nothing (see :func:`atomic_directory`)."""
-    with atomic_directory(save_directory, overwrite=overwrite) as tmp:
+    nothing (see :func:`atomic_directory`), so a later load never half-reads an interrupted save. An existing
+    folder that is not empty is replaced only with ``overwrite=True``; an empty one is used."""
+    dst = Path(save_directory).expanduser().absolute()
+    if not overwrite and dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise FileExistsError(
+            f"{dst} already exists and is not empty; choose another folder or pass overwrite=True."
+        )
+    with atomic_directory(dst) as tmp:
         model.save_pretrained(str(tmp), **save_kwargs)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-    return Path(save_directory)
+    return dst

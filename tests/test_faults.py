@@ -276,6 +276,31 @@ def test_write_text_atomic_replaces_whole_files(tmp_path):
     assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()
 
 
+def test_save_pretrained_atomic_uses_an_empty_folder_and_replaces_only_when_asked(tmp_path):
+    """One atomic model save (hf_salt.io, also hf_salt.hypercloning's): an empty folder is fine, a full one is
+    refused unless overwrite=True, and then replaced whole."""
+    from hf_salt import hypercloning
+    from hf_salt.io import save_pretrained_atomic
+
+    assert hypercloning.save_pretrained_atomic is save_pretrained_atomic
+
+    class Model:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def save_pretrained(self, folder: str) -> None:
+            Path(folder, self.name).write_text(self.name)
+
+    out = tmp_path / "model"
+    out.mkdir()
+    assert save_pretrained_atomic(Model("a"), out) == out
+    with pytest.raises(FileExistsError, match="not empty; choose another folder or pass overwrite=True"):
+        save_pretrained_atomic(Model("b"), out)
+    assert sorted(p.name for p in out.iterdir()) == ["a"]
+    save_pretrained_atomic(Model("b"), out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["b"]
+
+
 def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)

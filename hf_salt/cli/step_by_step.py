@@ -117,7 +117,9 @@ def run(script: StepByStepScriptArguments, args: StepByStepCLIConfig) -> int:
         trainer.save_metrics("test", test_metrics)  # output_dir/test_results.json and all_results.json
         metrics.update(test_metrics)
     if trainer.is_world_process_zero():
-        out = save_pretrained_atomic(trainer.model, Path(args.output_dir) / "model", tokenizer=tokenizer)
+        out = save_pretrained_atomic(
+            trainer.model, Path(args.output_dir) / "model", tokenizer=tokenizer, overwrite=True
+        )  # the finished-run check came first
         summary = f"validation label accuracy {metrics.get('eval_accuracy', float('nan')):.4f}"
         if "test_accuracy" in metrics:
             summary += f", test {metrics['test_accuracy']:.4f}"

@@ -8,8 +8,9 @@
 
 from __future__ import annotations
 
+from hf_salt.io import save_pretrained_atomic
+
 from .core import clone, from_pretrained, grow_depth
-from .io import save_pretrained_atomic
 from .refusals import REASONS, HyperCloningRefused
 from .verify import hidden_state_error, verify
 
