@@ -200,19 +200,7 @@ class SALTConfig(SFTDataArguments, TrainingArguments):
                 f"kd_schedule={self.kd_schedule!r} needs kd_weight < 1; lower kd_weight or use 'linear'."
             )
         if self.kd_decay_start is not None:
-            self.kd_decay_start = int_or_fraction(
-                self.kd_decay_start, "kd_decay_start", "of kd_steps", allow_zero=True
-            )
-            if self.kd_decay_start < 0:
-                raise ValueError(f"kd_decay_start must be >= 0, got {self.kd_decay_start}.")
-            if (
-                isinstance(self.kd_steps, int)
-                and isinstance(self.kd_decay_start, int)
-                and self.kd_decay_start > self.kd_steps
-            ):
-                raise ValueError(
-                    f"kd_decay_start ({self.kd_decay_start}) must be <= kd_steps ({self.kd_steps}); lower it or raise kd_steps."
-                )
+            self._check_within_kd_steps("kd_decay_start", "of kd_steps", "; lower it or raise kd_steps")
         if self.kd_chunk_size < 1:
             raise ValueError(f"kd_chunk_size must be >= 1, got {self.kd_chunk_size}.")
         if self.kd_loss_backend not in BACKENDS:
@@ -247,20 +235,20 @@ class SALTConfig(SFTDataArguments, TrainingArguments):
             raise ValueError(f"kd_auto_margin must be a finite number of nats, got {self.kd_auto_margin}.")
         if not 0.0 <= self.kd_auto_smoothing < 1.0:
             raise ValueError(f"kd_auto_smoothing must be in [0, 1), got {self.kd_auto_smoothing}.")
-        self.kd_auto_decay_steps = int_or_fraction(
-            self.kd_auto_decay_steps, "kd_auto_decay_steps", "of max_steps", allow_zero=True
+        self._check_within_kd_steps(
+            "kd_auto_decay_steps",
+            "of max_steps",
+            ", the cap that KD ends by; shorten the decay or raise kd_steps",
         )
-        if self.kd_auto_decay_steps < 0:
-            raise ValueError(f"kd_auto_decay_steps must be >= 0, got {self.kd_auto_decay_steps}.")
-        if (
-            isinstance(self.kd_steps, int)
-            and isinstance(self.kd_auto_decay_steps, int)
-            and self.kd_auto_decay_steps > self.kd_steps
-        ):
-            raise ValueError(
-                f"kd_auto_decay_steps ({self.kd_auto_decay_steps}) must be <= kd_steps ({self.kd_steps}), "
-                "the cap that KD ends by; shorten the decay or raise kd_steps."
-            )
+
+    def _check_within_kd_steps(self, name: str, of: str, fix: str) -> None:
+        """Field ``name``: a step count or a fraction (``of`` what), and at most kd_steps when both are counts."""
+        value = int_or_fraction(getattr(self, name), name, of, allow_zero=True)
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}.")
+        if isinstance(self.kd_steps, int) and isinstance(value, int) and value > self.kd_steps:
+            raise ValueError(f"{name} ({value}) must be <= kd_steps ({self.kd_steps}){fix}.")
+        setattr(self, name, value)
 
 
 def int_or_fraction(value: float, name: str, of: str, allow_zero: bool = False) -> int | float:
