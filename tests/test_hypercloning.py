@@ -445,6 +445,16 @@ def test_dtype_argument_and_its_deprecated_alias() -> None:
         hc.clone(src, 2, snr_db=10.0, dtype=torch.float32, torch_dtype=torch.bfloat16)
 
 
+def test_dtype_strings_are_read_by_the_one_dtype_parser() -> None:
+    src = _source("llama3-gqa-rope-scaling")
+    assert {p.dtype for p in _clone(src, 2, dtype="auto").parameters()} == {torch.float32}  # the source's
+    assert {p.dtype for p in _clone(src, 2, dtype="torch.float16").parameters()} == {torch.float16}
+    with pytest.raises(ValueError, match="dtype must be one of auto, float32, bfloat16, float16, got 'half'"):
+        hc.clone(src, 2, dtype="half")
+    with pytest.raises(ValueError, match="floating-point torch dtype"):
+        hc.clone(src, 2, dtype=torch.int8)
+
+
 @pytest.mark.parametrize("snr", [-30.0, -0.5, float("nan"), float("inf")])
 def test_negative_or_non_finite_snr_is_refused_before_work(snr: float, monkeypatch) -> None:
     monkeypatch.setattr(engine, "build_empty", lambda *a: pytest.fail("built before validating"))

@@ -134,7 +134,7 @@ def run(args: GrowArguments) -> int:
             args.ffn_multiplier,
             args.snr_db,
             tie_word_embeddings=False if args.untie_word_embeddings else None,
-            dtype=None if args.dtype == "auto" else parse_dtype(args.dtype),  # None: the source's
+            dtype=args.dtype,  # auto: the source's
             depth_multiplier=args.depth_multiplier,
             depth_mode=args.depth_mode,  # type: ignore[arg-type]
             seed=args.seed,

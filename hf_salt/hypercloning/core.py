@@ -17,6 +17,8 @@ from typing import Any, Literal
 import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
+from hf_salt.zoo import parse_dtype
+
 from . import engine
 from .probe import probe_inputs, trace
 from .refusals import HyperCloningRefused
@@ -85,10 +87,9 @@ def _resolve_dtype(dtype: Any, torch_dtype: Any, default: torch.dtype) -> torch.
         if dtype is not None and dtype != torch_dtype:
             raise ValueError("Pass dtype= only (torch_dtype= is its deprecated alias), not both.")
         dtype = torch_dtype
-    if isinstance(dtype, str):
-        if not isinstance(getattr(torch, dtype, None), torch.dtype):
-            raise ValueError(f"Unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'.")
-        dtype = getattr(torch, dtype)
+    dtype = parse_dtype(dtype)
+    if dtype == "auto":  # as in from_pretrained: the source's
+        dtype = None
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating-point torch dtype, got {dtype!r}.")
     return dtype or default
