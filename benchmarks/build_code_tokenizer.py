@@ -14,7 +14,7 @@ split. A run that reads a few million tokens then packs only what it can read, n
 
 Run (after the corpus):
     python benchmarks/build_code_corpus.py --output outputs/code-corpus
-    python benchmarks/build_code_tokenizer.py --corpus outputs/code-corpus --vocab_size 2048 --slice_mb 16
+    python benchmarks/build_code_tokenizer.py --corpus outputs/code-corpus --vocab_size 2048 --slice_mb 48
 """
 
 from __future__ import annotations

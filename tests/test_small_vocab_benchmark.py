@@ -64,3 +64,6 @@ def test_small_vocab_benchmark_end_to_end(tmp_path):
         "llama-micro-2x",
         True,
     )
+    # the report judges SALT's wall-clock against this scale's own target (salt_wall_target: 0.80)
+    report_md = (out / f"reproduction_{config['label']}.md").read_text()
+    assert "salt: wall-clock ≤ 0.80 (teacher forwards included)" in report_md

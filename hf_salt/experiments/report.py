@@ -152,7 +152,7 @@ def report_markdown(results: dict[str, Any], rows: list[dict[str, Any]], plot_re
         "Targets (judged on the seed means):",
         "",
     ]
-    for target, measured, met in check_targets(rows):
+    for target, measured, met in check_targets(rows, cfg.get("salt_wall_target", 0.75)):
         verdict = "not run" if met is None else ("**met**" if met else "**missed**")
         lines.append(f"- {target}: {measured} — {verdict}")
     missing = results.get("missing") or []
