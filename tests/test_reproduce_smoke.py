@@ -128,7 +128,9 @@ def test_aggregate_table_and_targets_on_synthetic_curves(tmp_path):
     walls = [m["wall_frac"] for m in salt["per_seed"]]
     for limit in (min(walls) - 0.01, max(walls) + 0.01):  # the wall-clock target is the config's, not fixed
         judged = {t: met for t, _, met in metrics.check_targets(rows, salt_wall=limit)}
-        assert judged[f"salt: wall-clock ≤ {limit:.2f} (teacher forwards included)"] is (sum(walls) / 2 <= limit)
+        assert judged[f"salt: wall-clock ≤ {limit:.2f} (teacher forwards included)"] is (
+            sum(walls) / 2 <= limit
+        )
     png = report.plot_results(results, tmp_path / "curves.png")
     assert png.stat().st_size > 5000
 
