@@ -27,7 +27,13 @@ from typing import Any
 
 from hf_salt.experiments.config import SharedSettings, like
 from hf_salt.experiments.engine import Engine
-from hf_salt.experiments.metrics import aggregate, check_targets, markdown_table, teacher_seed_for
+from hf_salt.experiments.metrics import (
+    SALT_WALL_TARGET,
+    aggregate,
+    check_targets,
+    markdown_table,
+    teacher_seed_for,
+)
 from hf_salt.experiments.report import command_line, hardware, now, write_report
 from hf_salt.experiments.resume import check_resume
 from hf_salt.salt.schedules import check_kd_steps
@@ -94,7 +100,7 @@ class BenchmarkConfig(SharedSettings):
         default="cpu", metadata={"help": "Name of this scale; used in file names and RESULTS.md markers."}
     )
     salt_wall_target: float = field(
-        default=0.75,
+        default=SALT_WALL_TARGET,
         metadata={
             "help": "SALT's wall-clock target in the report: reach the baseline's final loss within this fraction "
             "of its wall-clock (teacher forwards included). Reporting only."

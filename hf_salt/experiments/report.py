@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from hf_salt.experiments.metrics import aggregate, check_targets, markdown_table
+from hf_salt.experiments.metrics import SALT_WALL_TARGET, aggregate, check_targets, markdown_table
 
 
 def plot_results(results: dict[str, Any], path: Path) -> Path:
@@ -152,7 +152,7 @@ def report_markdown(results: dict[str, Any], rows: list[dict[str, Any]], plot_re
         "Targets (judged on the seed means):",
         "",
     ]
-    for target, measured, met in check_targets(rows, cfg.get("salt_wall_target", 0.75)):
+    for target, measured, met in check_targets(rows, cfg.get("salt_wall_target", SALT_WALL_TARGET)):
         verdict = "not run" if met is None else ("**met**" if met else "**missed**")
         lines.append(f"- {target}: {measured} — {verdict}")
     missing = results.get("missing") or []
