@@ -10,6 +10,7 @@ from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
 from hf_salt.salt.config import SALTConfig
+from hf_salt.salt.output_path import PROBE_TOKENS
 from hf_salt.salt.trainer import SALTTrainer
 
 V, SEQ = 128, 16
@@ -127,14 +128,18 @@ def test_plain_steps_match_hf_trainer_gradients(tmp_path):
 
 def test_teacher_not_called_when_weight_is_zero(tmp_path):
     teacher = _model(16, 1)
-    calls = []
-    teacher.model.register_forward_hook(lambda *a: calls.append(1))
+    calls, probes = [], []
+    # the output-path probe (once per run, one [1, PROBE_TOKENS] sequence) is counted apart from the steps
+    teacher.model.register_forward_hook(
+        lambda mod, args, out: (probes if out[0].shape[:2] == (1, PROBE_TOKENS) else calls).append(1)
+    )
     args = _args(
         tmp_path, max_steps=5, kd_steps=2, gradient_accumulation_steps=2, per_device_train_batch_size=2
     )
     trainer = SALTTrainer(model=_model(32, 0), args=args, teacher_model=teacher, train_dataset=_dataset())
     trainer.train()
     assert len(calls) == 2 * 2  # n_KD steps x GA micro-batches, none in stage 2
+    assert len(probes) == 2  # the teacher's own forward and its body, once
     assert trainer.kd_steps == 2
     # after KD the teacher left the device (default teacher_offload_after_kd="cpu"); "free" drops it
     calls.clear()

@@ -27,7 +27,20 @@ from transformers.utils import logging
 from hf_salt.checks import check_causal_lm, check_positions
 from hf_salt.data.sft import prepare_trainer_data
 from hf_salt.salt.config import SALTConfig
-from hf_salt.salt.losses import KDLossOutput, fused_kd_loss, logit_transform
+from hf_salt.salt.losses import (
+    KDLossOutput,
+    fused_kd_loss,
+    kd_loss_from_logits,
+    logit_transform,
+    transform_logits,
+)
+from hf_salt.salt.output_path import (
+    OutputPath,
+    aux_loss_coef,
+    probe_ids,
+    probe_output_path,
+    probing,
+)
 from hf_salt.salt.schedules import KDScheduleCallback, KDState, get_schedule
 from hf_salt.trainer_base import TrainerBase, paper
 from hf_salt.zoo import load_model, parse_dtype
@@ -54,6 +67,12 @@ def _decoder_and_head(lm: PreTrainedModel) -> tuple[nn.Module, nn.Module]:
             f"{getattr(lm, 'base_model_prefix', None)!r}); SALTTrainer needs a *ForCausalLM model."
         )
     return decoder, head
+
+
+def _head_rows(lm: nn.Module) -> int:
+    """Rows of the output layer (a ZeRO-3 partitioned weight has shape (0,); its full shape is ds_shape)."""
+    w = lm.get_output_embeddings().weight
+    return int(getattr(w, "ds_shape", w.shape)[0])
 
 
 def _gathered(params: list[torch.Tensor | None]):
@@ -117,7 +136,7 @@ class SALTTrainer(TrainerBase, Trainer):
     _method = "salt"
     _tag_names = ["hf-salt", "salt"]
     _paper = paper("salt")
-    _metric_names = ("loss_ce", "loss_kd", "teacher_ce", "kd_weight")
+    _metric_names = ("loss_ce", "loss_kd", "teacher_ce", "kd_weight", "aux_loss")
 
     def __init__(
         self,
@@ -177,6 +196,7 @@ class SALTTrainer(TrainerBase, Trainer):
         self._bad_step: torch.Tensor | None = None
         self._teacher_placement = "device"
         self._curriculum_active = False
+        self._output_paths: dict[str, OutputPath | None] | None = None  # decided at the first loss
         self.teacher_model = self._prepare_teacher(teacher)
         self._vocab_limit = self._check_vocab()
         self._warn_if_teacher_larger()
@@ -410,9 +430,116 @@ class SALTTrainer(TrainerBase, Trainer):
             hidden = decoder(**kw, use_cache=False)[0]
             return self._fused_loss(lm, hidden, **loss_kwargs)
 
-        if model is inner:
-            return run(**model_inputs)
+        # always through the outermost module's __call__, even when nothing wraps the model: under FSDP2
+        # (`fully_shard`) the root's pre-forward hook all-gathers the embeddings, final norm and head
         return KDLossOutput(*_redirect_forward(model, inner, run, **model_inputs))
+
+    def _logits_loss(
+        self,
+        model: nn.Module,
+        model_inputs: dict[str, Any],
+        *,
+        labels: torch.Tensor,
+        shift: bool,
+        omega: float,
+        num_items_in_batch: Any,
+    ) -> tuple[KDLossOutput, torch.Tensor | None]:
+        """The SALT objective from the models' own logits (the path for models whose output the fused head
+        cannot reproduce; see :mod:`hf_salt.salt.output_path`). Builds full ``[batch, seq, vocab]`` logits.
+        Returns the loss and the router aux loss term the student's own forward adds (or None)."""
+        student_path = self._output_paths["student"]
+        out = model(**model_inputs, use_cache=False)
+        s_logits = out.logits
+        t_logits = None
+        if omega > 0:
+            with torch.no_grad():
+                t_logits = self.teacher_model(**model_inputs, use_cache=False).logits
+        n = self._vocab_limit
+        if n is not None:
+            s_logits = s_logits[..., :n]
+            t_logits = t_logits[..., :n] if t_logits is not None else None
+        res = kd_loss_from_logits(
+            s_logits,
+            t_logits,
+            labels.to(s_logits.device),
+            kd_weight=omega,
+            divergence=self.args.kd_divergence,
+            temperature=self.args.kd_temperature,
+            beta=self.args.kd_jsd_beta,
+            num_items_in_batch=num_items_in_batch,
+            shift_labels=shift,
+        )
+        aux = None
+        if student_path.aux_loss_coef is not None and getattr(out, "aux_loss", None) is not None:
+            aux = student_path.aux_loss_coef * out.aux_loss.to(res.loss.device)
+        return res, aux
+
+    # ------------------------------------------------------------------------------------------------ probe
+    @property
+    def output_paths(self) -> dict[str, OutputPath | None]:
+        """How the student's and the teacher's losses are computed (fused head or own logits), decided by the
+        probe at the first loss computation; empty before that."""
+        return dict(self._output_paths or {})
+
+    def _probe_output_paths(self, model: nn.Module) -> dict[str, OutputPath | None]:
+        """Probe both models once (see :mod:`hf_salt.salt.output_path`); log which path each takes."""
+        inner = self.accelerator.unwrap_model(model)
+        lm = _causal_lm(inner)
+        rows = [_head_rows(lm)]
+        teacher = self._teacher_module if self.teacher_model is not None else None
+        if teacher is not None:
+            rows.append(_head_rows(teacher))
+        vocab = min([*rows, int(getattr(lm.config, "vocab_size", None) or rows[0])])
+        ids = probe_ids(vocab, self.args.device)
+
+        def fused_of(causal: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+            scale, cap = logit_transform(causal.config)
+            return transform_logits(causal.get_output_embeddings()(hidden).float(), scale, cap)
+
+        def student_fused(x: torch.Tensor) -> torch.Tensor:
+            decoder, _ = _decoder_and_head(lm)
+
+            def run(**kw: Any) -> torch.Tensor:
+                return fused_of(lm, decoder(**kw, use_cache=False)[0])
+
+            return _redirect_forward(model, inner, run, input_ids=x)
+
+        paths: dict[str, OutputPath | None] = {"student": None, "teacher": None}
+        with probing(inner):
+            paths["student"] = probe_output_path(
+                lm.config.model_type,
+                lambda x: model(input_ids=x, labels=x, use_cache=False),
+                student_fused,
+                ids,
+                aux_coef=aux_loss_coef(lm),
+                what="the student",
+            )
+        if teacher is not None:
+            t_ids = ids.to(next(teacher.parameters()).device)
+            t_decoder, _ = _decoder_and_head(teacher)
+            with probing(teacher):
+                paths["teacher"] = probe_output_path(
+                    teacher.config.model_type,
+                    lambda x: self.teacher_model(input_ids=x, labels=x, use_cache=False),
+                    lambda x: fused_of(teacher, t_decoder(input_ids=x, use_cache=False)[0]),
+                    t_ids,
+                    aux_coef=aux_loss_coef(teacher),
+                    what="the teacher",
+                )
+        for what, path in paths.items():
+            if path is not None and not path.fused:
+                logger.warning(
+                    f"SALT: {what} is trained/read through {path.describe()}; this path builds full "
+                    "[batch, seq, vocab] logits (correct, memory-heavier than the fused head)."
+                )
+        return paths
+
+    def _use_fused(self, omega: float) -> bool:
+        paths = self._output_paths
+        if not paths["student"].fused:
+            return False
+        teacher = paths.get("teacher")
+        return omega <= 0 or teacher is None or teacher.head_exact
 
     def compute_loss(
         self,
@@ -451,17 +578,30 @@ class SALTTrainer(TrainerBase, Trainer):
         omega = self.kd_state.kd_weight if training else 0.0
         if training:
             self._manage_teacher_placement(omega)
-        teacher_hidden = self._teacher_hidden(model_inputs) if omega > 0 else None
-        out = self._student_loss(
-            model,
-            model_inputs,
-            teacher_hidden=teacher_hidden,
-            labels=labels,
-            shift=shift,
-            omega=omega,
-            num_items_in_batch=num_items_in_batch,
-        )
-        loss = out.loss
+        if self._output_paths is None:
+            self._output_paths = self._probe_output_paths(model)
+        aux = None
+        if self._use_fused(omega):
+            teacher_hidden = self._teacher_hidden(model_inputs) if omega > 0 else None
+            out = self._student_loss(
+                model,
+                model_inputs,
+                teacher_hidden=teacher_hidden,
+                labels=labels,
+                shift=shift,
+                omega=omega,
+                num_items_in_batch=num_items_in_batch,
+            )
+        else:
+            out, aux = self._logits_loss(
+                model,
+                model_inputs,
+                labels=labels,
+                shift=shift,
+                omega=omega,
+                num_items_in_batch=num_items_in_batch,
+            )
+        loss = out.loss if aux is None else out.loss + aux
         if num_items_in_batch is None:
             if (
                 training and _HAS_GA_FLAG
@@ -471,7 +611,7 @@ class SALTTrainer(TrainerBase, Trainer):
             tp = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
             loss = loss * (self.accelerator.num_processes // tp if self.args.n_gpu <= 1 else self.args.n_gpu)
         if training:
-            self._record(out, omega)
+            self._record(out, omega, aux)
         return (loss, {"loss": loss.detach()}) if return_outputs else loss
 
     def _check_length(self, inputs: dict[str, Any]) -> None:
@@ -487,10 +627,12 @@ class SALTTrainer(TrainerBase, Trainer):
                 )
 
     # ------------------------------------------------------------------------------------------------ logging
-    def _record(self, out: KDLossOutput, omega: float) -> None:
+    def _record(self, out: KDLossOutput, omega: float, aux: torch.Tensor | None = None) -> None:
         """Accumulate this micro-batch's sums on the device (no host sync)."""
         n = out.num_tokens
         self._metrics.add("loss_ce", out.ce_sum, n)
+        if aux is not None:
+            self._metrics.add("aux_loss", aux.detach())
         if out.kd_sum is not None:
             self._metrics.add("loss_kd", out.kd_sum, n)
         if out.teacher_ce_sum is not None:
