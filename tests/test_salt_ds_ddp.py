@@ -1,4 +1,4 @@
-"""SALT_DS under 2 CPU processes (torchrun + gloo): scoring shards per rank; training reads the single-process order."""
+"""SALT_DS under 2 CPU processes (torchrun + gloo): per-rank scoring shards; training in one process's order."""
 
 from __future__ import annotations
 

@@ -268,6 +268,8 @@ def test_salt_ds_pool_refusals_name_the_fix(tmp_path):
         make(args=args, salt_ds_pool=_dataset(8).select([]))
     with pytest.raises(TypeError, match="salt_ds_pool must be a datasets.Dataset"):
         make(args=args, salt_ds_pool=[{"input_ids": [1, 2]}])
+    with pytest.raises(TypeError, match="needs train_dataset to be a datasets.Dataset"):
+        make(args=args, train_dataset=list(_dataset()), salt_ds_pool=_dataset(8))
     short = _dataset(8).map(lambda r: {k: r[k][:4] for k in ("input_ids", "labels")})
     trainer = make(args=args, salt_ds_pool=short)
     with pytest.raises(ValueError, match="same block_size"):
