@@ -15,12 +15,13 @@ import gc
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
 import torch
 from accelerate.utils import is_peft_model
 from torch import nn
+from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, Trainer
 from transformers.utils import logging
 
@@ -31,6 +32,9 @@ from hf_salt.salt.losses import KDLossOutput, fused_kd_loss, logit_transform
 from hf_salt.salt.schedules import KDScheduleCallback, KDState, get_schedule
 from hf_salt.trainer_base import TrainerBase, paper
 from hf_salt.zoo import load_model, parse_dtype
+
+if TYPE_CHECKING:
+    from hf_salt.salt_ds import SALTDSPlan, SALTDSSource
 
 logger = logging.get_logger(__name__)
 
@@ -128,7 +132,7 @@ class SALTTrainer(TrainerBase, Trainer):
         teacher_model: PreTrainedModel | nn.Module | str | None = None,
         peft_config: Any | None = None,
         kd_schedule: Callable[[int], float] | None = None,
-        salt_ds_pool: Any | None = None,
+        salt_ds_pool: datasets.Dataset | None = None,
         **kwargs: Any,
     ) -> None:
         if args is None:
@@ -180,7 +184,7 @@ class SALTTrainer(TrainerBase, Trainer):
         self._bad_step: torch.Tensor | None = None
         self._teacher_placement = "device"
         self.salt_ds_pool = salt_ds_pool
-        self._salt_ds_plan = None
+        self._salt_ds_plan: SALTDSPlan | None = None
         if salt_ds_pool is not None:
             self._check_salt_ds()
         self.teacher_model = self._prepare_teacher(teacher)
@@ -303,11 +307,12 @@ class SALTTrainer(TrainerBase, Trainer):
         return self.args.kd_steps if isinstance(self.args.kd_steps, int) else None
 
     def set_initial_training_values(self, args: Any, dataloader: Any) -> tuple:
-        """The Trainer works out max_steps here; n_KD is resolved from it, once, for the whole run."""
+        """The Trainer works out max_steps here; n_KD is resolved from it, once, for the whole run. With a SALT_DS
+        pool this also fixes the order's plan (n_KD, global batch, steps per epoch), read when an epoch begins."""
         values = super().set_initial_training_values(args, dataloader)
         cb = self.kd_callback
         cb.resolve(values[-1])
-        if self.salt_ds_pool is not None:  # SALT_DS: the pool covers n_KD (the cap under "auto") steps
+        if self.salt_ds_pool is not None:  # the pool covers n_KD (the cap under "auto") steps
             from hf_salt.salt_ds import SALTDSPlan
 
             kd_steps = cb.auto.cap if cb.auto is not None else cb.kd.kd_steps
@@ -561,7 +566,7 @@ class SALTTrainer(TrainerBase, Trainer):
             )
         self._salt_ds_source()  # types, emptiness, columns
 
-    def _salt_ds_source(self) -> Any:
+    def _salt_ds_source(self) -> SALTDSSource:
         """The pool and the train set (with the columns the Trainer would keep) behind one index."""
         from hf_salt.salt_ds import SALTDSSource
 
@@ -570,7 +575,7 @@ class SALTTrainer(TrainerBase, Trainer):
             train = self._remove_unused_columns(train, description="Training")
         return SALTDSSource(train, self.salt_ds_pool)
 
-    def _salt_ds_current_plan(self) -> Any:
+    def _salt_ds_current_plan(self) -> SALTDSPlan:
         if self._salt_ds_plan is None:
             raise RuntimeError(
                 "The SALT_DS order is fixed when training starts (n_KD and the steps per epoch come from "
@@ -578,7 +583,7 @@ class SALTTrainer(TrainerBase, Trainer):
             )
         return self._salt_ds_plan
 
-    def get_train_dataloader(self):
+    def get_train_dataloader(self) -> DataLoader:
         """SALT_DS: the loader reads a `SALTDSSource` (pool + train set) through a `SALTDSSampler`, which puts the
         pool at the positions of the first n_KD optimizer steps; one epoch is ``len(train_dataset)`` rows."""
         if self.salt_ds_pool is None:
