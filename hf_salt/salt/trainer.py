@@ -15,12 +15,13 @@ import gc
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import datasets
 import torch
 from accelerate.utils import is_peft_model
 from torch import nn
-from torch.utils.data import SequentialSampler
+from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, Trainer
 from transformers.utils import logging
 
@@ -44,6 +45,9 @@ from hf_salt.salt.output_path import (
 from hf_salt.salt.schedules import KDScheduleCallback, KDState, get_schedule
 from hf_salt.trainer_base import TrainerBase, paper
 from hf_salt.zoo import load_model, parse_dtype
+
+if TYPE_CHECKING:
+    from hf_salt.salt_ds import SALTDSPlan, SALTDSSource
 
 logger = logging.get_logger(__name__)
 
@@ -128,6 +132,8 @@ class SALTTrainer(TrainerBase, Trainer):
         teacher_model: the teacher (model or local path); defaults to ``args.teacher_model_name_or_path``.
         peft_config: optional PEFT config, applied with :func:`hf_salt.peft_utils.apply_peft`.
         kd_schedule: optional callable ``step -> omega`` replacing ``args.kd_schedule``.
+        salt_ds_pool: SALT_DS: the KD-stage pool (``hf_salt.salt_ds.select``); the first n_KD optimizer steps read
+            it, later steps the rows plain training reads there (docs/salt_ds.md).
         **kwargs: everything `transformers.Trainer` takes.
     """
 
@@ -145,6 +151,7 @@ class SALTTrainer(TrainerBase, Trainer):
         teacher_model: PreTrainedModel | nn.Module | str | None = None,
         peft_config: Any | None = None,
         kd_schedule: Callable[[int], float] | None = None,
+        salt_ds_pool: datasets.Dataset | None = None,
         **kwargs: Any,
     ) -> None:
         if args is None:
@@ -195,8 +202,11 @@ class SALTTrainer(TrainerBase, Trainer):
         self._omega_last_step = -1
         self._bad_step: torch.Tensor | None = None
         self._teacher_placement = "device"
-        self._curriculum_active = False
         self._output_paths: dict[str, OutputPath | None] | None = None  # decided at the first loss
+        self.salt_ds_pool = salt_ds_pool
+        self._salt_ds_plan: SALTDSPlan | None = None
+        if salt_ds_pool is not None:
+            self._check_salt_ds()
         self.teacher_model = self._prepare_teacher(teacher)
         self._vocab_limit = self._check_vocab()
         self._warn_if_teacher_larger()
@@ -317,9 +327,16 @@ class SALTTrainer(TrainerBase, Trainer):
         return self.args.kd_steps if isinstance(self.args.kd_steps, int) else None
 
     def set_initial_training_values(self, args: Any, dataloader: Any) -> tuple:
-        """The Trainer works out max_steps here; n_KD is resolved from it, once, for the whole run."""
+        """The Trainer works out max_steps here; n_KD is resolved from it, once, for the whole run. With a SALT_DS
+        pool this also fixes the order's plan (n_KD, global batch, steps per epoch), read when an epoch begins."""
         values = super().set_initial_training_values(args, dataloader)
-        self.kd_callback.resolve(values[-1])
+        cb = self.kd_callback
+        cb.resolve(values[-1])
+        if self.salt_ds_pool is not None:  # the pool covers n_KD (the cap under "auto") steps
+            from hf_salt.salt_ds import SALTDSPlan
+
+            kd_steps = cb.auto.cap if cb.auto is not None else cb.kd.kd_steps
+            self._salt_ds_plan = SALTDSPlan(kd_steps, global_batch_size=values[4], steps_per_epoch=values[1])
         return values
 
     def _load_callback_state(self) -> None:
@@ -675,28 +692,68 @@ class SALTTrainer(TrainerBase, Trainer):
         super()._save_checkpoint(model, trial)
 
     # ------------------------------------------------------------------------------------------------ data
-    def get_train_dataloader(self):
-        """SALT_DS hook: a collator with ``curriculum(...)`` decides the training order (read sequentially)."""
-        curriculum = getattr(self.data_collator, "curriculum", None)
-        if callable(curriculum) and not self._curriculum_active:
-            # the curriculum needs n_KD before the real loader exists: count the run's steps as the Trainer
-            # does, on the loader of the plain dataset (this resolves n_KD for the run)
-            values = self.set_initial_training_values(self.args, super().get_train_dataloader())
-            max_steps, gbs = values[-1], values[4]
-            self.train_dataset = curriculum(
-                self.train_dataset,
-                kd_steps=self.kd_steps,
-                global_batch_size=gbs,
-                total_samples=max_steps * gbs,
-                seed=self.args.seed,
-            )
-            self._curriculum_active = True
-        return super().get_train_dataloader()
+    def _check_salt_ds(self) -> None:
+        """Refuse, at construction, the SALT_DS set-ups the sampler cannot order exactly."""
+        from hf_salt.salt_ds import SAMPLING_STRATEGIES
 
-    def _get_train_sampler(self, train_dataset=None):
-        if self._curriculum_active:
-            return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
-        return super()._get_train_sampler(train_dataset)
+        strategy = self.args.train_sampling_strategy
+        if strategy not in SAMPLING_STRATEGIES:
+            raise ValueError(
+                f"salt_ds_pool: train_sampling_strategy={strategy!r} is not supported; SALT_DS orders the data "
+                f"itself and reproduces {SAMPLING_STRATEGIES} only."
+            )
+        if self.train_dataset is None:
+            raise ValueError(
+                "salt_ds_pool needs a train_dataset (the full set the run reads after the KD stage)."
+            )
+        self._salt_ds_source()  # types, emptiness, columns
+
+    def _salt_ds_source(self) -> SALTDSSource:
+        """The pool and the train set (with the columns the Trainer would keep) behind one index."""
+        from hf_salt.salt_ds import SALTDSSource
+
+        train = self.train_dataset
+        if self.args.remove_unused_columns and isinstance(train, datasets.Dataset):
+            train = self._remove_unused_columns(train, description="Training")
+        return SALTDSSource(train, self.salt_ds_pool)
+
+    def _salt_ds_current_plan(self) -> SALTDSPlan:
+        if self._salt_ds_plan is None:
+            raise RuntimeError(
+                "The SALT_DS order is fixed when training starts (n_KD and the steps per epoch come from "
+                "set_initial_training_values); iterate the training loader inside train()."
+            )
+        return self._salt_ds_plan
+
+    def get_train_dataloader(self) -> DataLoader:
+        """SALT_DS: the loader reads a `SALTDSSource` (pool + train set) through a `SALTDSSampler`, which puts the
+        pool at the positions of the first n_KD optimizer steps; one epoch is ``len(train_dataset)`` rows."""
+        if self.salt_ds_pool is None:
+            return super().get_train_dataloader()
+        from transformers import default_data_collator
+
+        from hf_salt.salt_ds import SALTDSSampler
+
+        source = self._salt_ds_source()
+        first = source.train[0], source.pool[0]
+        n_train, n_pool = (len(row.get("input_ids", ())) for row in first)
+        if self.data_collator is default_data_collator and n_train != n_pool:
+            raise ValueError(
+                f"The pool's blocks have {n_pool} tokens and the train set's {n_train}: pack both with the same "
+                "block_size, or pass a padding data_collator."
+            )
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        shuffle = self.args.train_sampling_strategy != "sequential"
+        sampler = SALTDSSampler(source, self._salt_ds_current_plan, seed=seed, shuffle=shuffle)
+        # `_get_dataloader` is what `Trainer.get_train_dataloader` calls: the same collator handling, worker
+        # seeding and accelerate preparation as the plain loader, on our dataset and sampler.
+        return self._get_dataloader(
+            dataset=source,
+            description="Training",
+            batch_size=self._train_batch_size,
+            sampler_fn=lambda _dataset: sampler,
+            is_training=True,
+        )
 
     # ------------------------------------------------------------------------------------------------ hub
     def method_info(self) -> dict[str, Any]:
@@ -727,4 +784,4 @@ class SALTTrainer(TrainerBase, Trainer):
         return "salt+salt_ds" if self._salt_ds_selection() is not None else "salt"
 
     def _salt_ds_selection(self) -> dict[str, Any] | None:
-        return getattr(getattr(self.data_collator, "selected_dataset", None), "salt_ds_selection", None)
+        return getattr(self.salt_ds_pool, "salt_ds_selection", None)
