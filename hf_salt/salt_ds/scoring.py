@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hf_salt.salt.losses import logit_transform, transform_logits
+from hf_salt.salt.divergences import logit_transform, transform_logits
 from hf_salt.salt.output_path import logits_match
 
 logger = logging.getLogger(__name__)
