@@ -11,6 +11,7 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import IntervalStrategy
 
 from hf_salt.checks import check_field_types
+from hf_salt.config_docs import document_fields
 from hf_salt.data.sft import SFTDataArguments
 from hf_salt.salt.losses import BACKENDS, DIVERGENCES
 from hf_salt.salt.schedules import SCHEDULES, check_kd_steps, get_schedule
@@ -19,12 +20,37 @@ TEACHER_OFFLOAD = ("keep", "cpu", "free")
 TEACHER_SHARDING = ("replicate", "shard")
 
 
+@document_fields(
+    {
+        "The teacher": ("teacher_model_name_or_path", "teacher_model_init_kwargs"),
+        "The KD objective": ("kd_weight", "kd_temperature", "kd_divergence", "kd_jsd_beta"),
+        "When KD runs": (
+            "kd_steps",
+            "kd_schedule",
+            "kd_decay_start",
+            "kd_auto_margin",
+            "kd_auto_smoothing",
+            "kd_auto_decay_steps",
+        ),
+        "Memory and speed": ("kd_chunk_size", "kd_loss_backend", "kd_truncate_vocab"),
+        "Where the teacher lives": ("teacher_sharding", "teacher_offload_after_kd"),
+        "Raw datasets (trl.SFTConfig's names and defaults)": (
+            "dataset_text_field",
+            "max_length",
+            "packing",
+            "packing_strategy",
+            "padding_free",
+            "completion_only_loss",
+        ),
+    }
+)
 @dataclass
 class SALTConfig(SFTDataArguments, TrainingArguments):
     """Arguments of :class:`hf_salt.SALTTrainer`.
 
     Stage 1 (optimizer steps ``t < n_KD``) minimises ``(1 - w_t) * CE + w_t * tau^2 * D(teacher || student)``
-    per token; stage 2 is plain next-token training (the teacher is not run). See ``docs/salt.md``.
+    per token; stage 2 is plain next-token training (the teacher is not run). See ``docs/salt.md``. Every
+    ``TrainingArguments`` field works as usual; SALT's own are below.
     """
 
     _VALID_DICT_FIELDS = [*TrainingArguments._VALID_DICT_FIELDS, "teacher_model_init_kwargs"]

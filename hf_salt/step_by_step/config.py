@@ -6,9 +6,25 @@ from dataclasses import dataclass, field
 
 from transformers import Seq2SeqTrainingArguments
 
+from hf_salt.config_docs import document_fields
+
 LABEL_METRICS = ("exact_match", "equation")
 
 
+@document_fields(
+    {
+        "The two tasks": (
+            "rationale_weight",
+            "label_prefix",
+            "rationale_prefix",
+            "use_llm_labels",
+            "prompt_separator",
+        ),
+        "Lengths": ("max_source_length", "max_target_length", "max_rationale_length"),
+        "Evaluation": ("label_metric", "predict_with_generate", "generation_max_length"),
+        "Data columns": ("remove_unused_columns",),
+    }
+)
 @dataclass
 class StepByStepConfig(Seq2SeqTrainingArguments):
     """Seq2SeqTrainingArguments plus the two-task (label + rationale) options.
