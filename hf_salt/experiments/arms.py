@@ -21,8 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from hf_salt.experiments.config import AUTO_FIELDS, HYPERCLONING_FIELDS, KD_FIELDS
 from hf_salt.salt.schedules import resolve_kd_steps
+
+# the config fields a run's result depends on beyond the shared ones, by arm family (see Arm.depends_on)
+KD_FIELDS = ("kd_weight", "kd_temperature", "kd_steps", "kd_decay_start")
+AUTO_FIELDS = ("kd_weight", "kd_temperature", "kd_auto_cap", "kd_auto_margin", "kd_auto_decay")
+HYPERCLONING_FIELDS = ("hypercloning_snr_db", "hc_learning_rate", "hc_warmup_steps")
 
 
 @dataclass

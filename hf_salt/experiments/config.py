@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from hf_salt.experiments.arms import resolve_arms
 from hf_salt.salt.config import SALTConfig, int_or_fraction
 from hf_salt.salt.schedules import check_kd_steps, resolve_kd_steps
 
@@ -28,12 +29,6 @@ def like(cls: type, name: str, default: Any) -> Any:
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=source.metadata)
     return field(default=default, metadata=source.metadata)
-
-
-# the config fields a run's result depends on beyond the shared ones, by arm family (see Arm.depends_on)
-KD_FIELDS = ("kd_weight", "kd_temperature", "kd_steps", "kd_decay_start")
-AUTO_FIELDS = ("kd_weight", "kd_temperature", "kd_auto_cap", "kd_auto_margin", "kd_auto_decay")
-HYPERCLONING_FIELDS = ("hypercloning_snr_db", "hc_learning_rate", "hc_warmup_steps")
 
 
 @dataclass
@@ -165,8 +160,6 @@ class SharedSettings:
     )
 
     def __post_init__(self) -> None:
-        from hf_salt.experiments.arms import resolve_arms
-
         if isinstance(self.arms, str):
             self.arms = [a for a in self.arms.replace(",", " ").split() if a]
         self.arms = resolve_arms(self.arms)

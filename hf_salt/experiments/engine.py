@@ -224,7 +224,7 @@ class Engine:
         return digest(self._run_fields(arm))
 
     def _run_fields(self, arm: str) -> dict[str, Any]:
-        from hf_salt.experiments.config import AUTO_FIELDS, HYPERCLONING_FIELDS, KD_FIELDS
+        from hf_salt.experiments.arms import AUTO_FIELDS, HYPERCLONING_FIELDS, KD_FIELDS
 
         optional = set(KD_FIELDS) | set(AUTO_FIELDS) | set(HYPERCLONING_FIELDS) | {"salt_ds_pool"}
         skip = (set(self.execution_fields) | set(RESUME_FIELDS) | optional) - set(ARMS[arm].depends_on)
