@@ -206,7 +206,7 @@ def position_limit(config: Any) -> int | None:
     """The longest sequence the model's positions cover (None when it has no such limit)."""
     for attr in ("max_position_embeddings", "n_positions", "n_ctx"):
         limit = getattr(config, attr, None)
-        if limit:
+        if limit and int(limit) > 0:  # XLNet's -1 (and 0) mean "no limit"
             return int(limit)
     return None
 

@@ -234,7 +234,9 @@ def test_every_arm_end_to_end_through_the_cli(tmp_path):
     again = json.loads((out / "results.json").read_text())
     assert "saved_with" not in again["runs"]["0"]["salt"]
     retrained = again["runs"]["0"]["salt"]["curve"]
-    assert retrained["loss"] == runs["salt"]["curve"]["loss"]  # retrained: same losses (the wall-clock differs)
+    assert (
+        retrained["loss"] == runs["salt"]["curve"]["loss"]
+    )  # retrained: same losses (the wall-clock differs)
 
 
 def test_same_data_order_in_every_arm(tmp_path):

@@ -140,7 +140,9 @@ def test_teacher_not_called_when_weight_is_zero(tmp_path):
     trainer = SALTTrainer(model=_model(32, 0), args=args, teacher_model=teacher, train_dataset=_dataset())
     trainer.train()
     assert len(calls) == 2 * 2  # n_KD steps x GA micro-batches, none in stage 2
-    assert len(probes) == 2  # the teacher's own forward and its body, once
+    assert (
+        len(probes) == 3
+    )  # once per run: the teacher's own forward twice (its predictions, then its loss), its body
     assert trainer.kd_steps == 2
     # after KD the teacher left the device (default teacher_offload_after_kd="cpu"); "free" drops it
     calls.clear()

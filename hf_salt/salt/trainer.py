@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import datasets
 import torch
+import torch.nn.functional as F
 from accelerate.utils import is_peft_model
 from torch import nn
 from torch.utils.data import DataLoader
@@ -510,8 +511,13 @@ class SALTTrainer(TrainerBase, Trainer):
         ids = probe_ids(vocab, self.args.device)
 
         def fused_of(causal: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+            """Exactly what the fused loss computes: the head's weight and bias, not its module's forward."""
+            head = causal.get_output_embeddings()
+            params = [head.weight, getattr(head, "bias", None)]
+            with _gathered(params):
+                logits = F.linear(hidden, head.weight, getattr(head, "bias", None))
             scale, cap = logit_transform(causal.config)
-            return transform_logits(causal.get_output_embeddings()(hidden).float(), scale, cap)
+            return transform_logits(logits.float(), scale, cap)
 
         def student_fused(x: torch.Tensor) -> torch.Tensor:
             decoder, _ = _decoder_and_head(lm)
@@ -525,7 +531,7 @@ class SALTTrainer(TrainerBase, Trainer):
         with probing(inner):
             paths["student"] = probe_output_path(
                 lm.config.model_type,
-                lambda x: model(input_ids=x, labels=x, use_cache=False),
+                lambda x, labels: model(input_ids=x, labels=labels, use_cache=False),
                 student_fused,
                 ids,
                 aux_coef=aux_loss_coef(lm),
@@ -537,7 +543,7 @@ class SALTTrainer(TrainerBase, Trainer):
             with probing(teacher):
                 paths["teacher"] = probe_output_path(
                     teacher.config.model_type,
-                    lambda x: self.teacher_model(input_ids=x, labels=x, use_cache=False),
+                    lambda x, labels: self.teacher_model(input_ids=x, labels=labels, use_cache=False),
                     lambda x: fused_of(teacher, t_decoder(input_ids=x, use_cache=False)[0]),
                     t_ids,
                     aux_coef=aux_loss_coef(teacher),
