@@ -30,7 +30,8 @@ _LAZY: dict[str, str] = {
     "ArmSetup": "hf_salt.experiments",
     "ArmContext": "hf_salt.experiments",
     # SALT_DS
-    "SALTDSCollator": "hf_salt.salt_ds",
+    "SALTDSSampler": "hf_salt.salt_ds",
+    "SALTDSSource": "hf_salt.salt_ds",
     # distilling step-by-step
     "StepByStepConfig": "hf_salt.step_by_step.config",
     "StepByStepTrainer": "hf_salt.step_by_step.trainer",

@@ -212,7 +212,7 @@ def test_truncated_safetensors_is_named(tmp_path, capsys):
 
 
 def test_truncated_arrow_for_salt_ds_is_named(tmp_path):
-    from hf_salt.cli.pretrain import DataArguments, PretrainArguments, _salt_ds_collator
+    from hf_salt.cli.pretrain import DataArguments, PretrainArguments, _salt_ds_pool
 
     _tiny_blocks(64, 16).save_to_disk(str(tmp_path / "scored"))
     arrow = next((tmp_path / "scored").glob("*.arrow"))
@@ -222,7 +222,7 @@ def test_truncated_arrow_for_salt_ds_is_named(tmp_path):
         output_dir=str(tmp_path / "o"), teacher_model_name_or_path="llama-tiny", max_steps=4
     )
     with pytest.raises(ValueError, match=f"{arrow.name}' is truncated or corrupt"):
-        _salt_ds_collator(data, args, 128)
+        _salt_ds_pool(data, args, 128)
 
 
 def test_score_and_rationales_refuse_bad_paths_before_any_work(tmp_path, capsys):

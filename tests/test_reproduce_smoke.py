@@ -279,10 +279,14 @@ def test_same_data_order_in_every_arm(tmp_path):
         setup.offline_teacher_s,
         ARMS["salt_ds"].uses_teacher,
     )
-    curriculum = kwargs["data_collator"].curriculum(order, kd_steps=2, global_batch_size=4, total_samples=32)
-    assert uses_teacher and scoring_s > 0 and len(curriculum) == 32
-    tail = [curriculum[i]["input_ids"] for i in range(8, 32)]
-    assert tail == order["input_ids"][8:]  # stage 2 = the baseline's rows for steps 2..7
+    from hf_salt.salt_ds import SALTDSPlan, SALTDSSampler, SALTDSSource
+
+    assert setup.salt["train_sampling_strategy"] == "sequential" and uses_teacher and scoring_s > 0
+    source = SALTDSSource(order, kwargs["salt_ds_pool"])
+    plan = SALTDSPlan(kd_steps=2, global_batch_size=4, steps_per_epoch=8)
+    rows = [source[i]["input_ids"] for i in SALTDSSampler(source, plan, seed=0, shuffle=False)]
+    assert len(rows) == 32 and all(r in kwargs["salt_ds_pool"]["input_ids"] for r in rows[:8])
+    assert rows[8:] == order["input_ids"][8:]  # stage 2 = the baseline's rows for steps 2..7
 
 
 def test_default_paths_write_into_the_run_folder_not_the_shipped_results(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
 from hf_salt.salt.config import SALTConfig
+from hf_salt.salt.output_path import PROBE_TOKENS
 from hf_salt.salt.trainer import SALTTrainer
 
 V, SEQ = 128, 16
@@ -127,14 +129,18 @@ def test_plain_steps_match_hf_trainer_gradients(tmp_path):
 
 def test_teacher_not_called_when_weight_is_zero(tmp_path):
     teacher = _model(16, 1)
-    calls = []
-    teacher.model.register_forward_hook(lambda *a: calls.append(1))
+    calls, probes = [], []
+    # the output-path probe (once per run, one [1, PROBE_TOKENS] sequence) is counted apart from the steps
+    teacher.model.register_forward_hook(
+        lambda mod, args, out: (probes if out[0].shape[:2] == (1, PROBE_TOKENS) else calls).append(1)
+    )
     args = _args(
         tmp_path, max_steps=5, kd_steps=2, gradient_accumulation_steps=2, per_device_train_batch_size=2
     )
     trainer = SALTTrainer(model=_model(32, 0), args=args, teacher_model=teacher, train_dataset=_dataset())
     trainer.train()
     assert len(calls) == 2 * 2  # n_KD steps x GA micro-batches, none in stage 2
+    assert len(probes) == 2  # the teacher's own forward and its body, once
     assert trainer.kd_steps == 2
     # after KD the teacher left the device (default teacher_offload_after_kd="cpu"); "free" drops it
     calls.clear()
@@ -255,37 +261,26 @@ def test_teacher_moved_and_cast(tmp_path):
     assert not opt_params & {id(p) for p in trainer.teacher_model.parameters()}
 
 
-class _CurriculumCollator:
-    """Minimal SALT_DS-style collator: reverses the data order and records the call."""
-
-    def __init__(self) -> None:
-        self.called_with: dict = {}
-
-    def curriculum(self, train_dataset, *, kd_steps, global_batch_size, total_samples, seed):
-        self.called_with = dict(
-            kd_steps=kd_steps, global_batch_size=global_batch_size, total_samples=total_samples
-        )
-        return train_dataset.select(range(len(train_dataset) - 1, -1, -1))
-
-    def __call__(self, rows):
-        return {k: torch.tensor([r[k] for r in rows]) for k in ("input_ids", "labels")}
-
-
-def test_salt_ds_curriculum_hook(tmp_path):
-    collator = _CurriculumCollator()
-    data = _dataset()
+def test_salt_ds_pool_refusals_name_the_fix(tmp_path):
+    """SALT_DS set-ups the sampler cannot order exactly are refused at construction, by name."""
+    make = partial(SALTTrainer, model=_model(32, 0), teacher_model=_model(16, 1), train_dataset=_dataset())
     args = _args(tmp_path, max_steps=2, kd_steps=1)
-    trainer = SALTTrainer(
-        model=_model(32, 0),
-        args=args,
-        teacher_model=_model(16, 1),
-        train_dataset=data,
-        data_collator=collator,
-    )
-    loader = trainer.get_train_dataloader()
-    first = next(iter(loader))["input_ids"]
-    assert torch.equal(first, torch.tensor(data["input_ids"][::-1][:4]))  # in the curriculum's order
-    assert collator.called_with == dict(kd_steps=1, global_batch_size=4, total_samples=8)
+    with pytest.raises(ValueError, match="train_sampling_strategy='group_by_length'"):
+        make(args=_args(tmp_path, train_sampling_strategy="group_by_length"), salt_ds_pool=_dataset(8))
+    with pytest.raises(ValueError, match=r"lacks the train set's column\(s\) \['labels'\]"):
+        make(args=args, salt_ds_pool=_dataset(8).remove_columns("labels"))
+    with pytest.raises(ValueError, match="salt_ds_pool is empty"):
+        make(args=args, salt_ds_pool=_dataset(8).select([]))
+    with pytest.raises(TypeError, match="salt_ds_pool must be a datasets.Dataset"):
+        make(args=args, salt_ds_pool=[{"input_ids": [1, 2]}])
+    with pytest.raises(TypeError, match="needs train_dataset to be a datasets.Dataset"):
+        make(args=args, train_dataset=list(_dataset()), salt_ds_pool=_dataset(8))
+    short = _dataset(8).map(lambda r: {k: r[k][:4] for k in ("input_ids", "labels")})
+    trainer = make(args=args, salt_ds_pool=short)
+    with pytest.raises(ValueError, match="same block_size"):
+        trainer.get_train_dataloader()
+    with pytest.raises(RuntimeError, match="fixed when training starts"):
+        iter(make(args=args, salt_ds_pool=_dataset(8)).get_train_dataloader()).__next__()
 
 
 def test_config_validation_messages():
@@ -302,11 +297,9 @@ def test_config_validation_messages():
 
 
 def test_kd_steps_resolved_once_and_reading_the_callback_changes_nothing(tmp_path, monkeypatch):
-    """n_KD (a fraction here) is worked out once when training starts, also on the SALT_DS curriculum path,
-    which needs it before the loader exists; reading `kd_callback` never rewires the callback; a resumed run
+    """n_KD (a fraction here) is worked out once when training starts, also with a SALT_DS pool; reading `kd_callback` never rewires the callback; a resumed run
     keeps the user's schedule callable and the resolved n_KD."""
     import hf_salt.salt.schedules as schedules
-    from hf_salt.salt_ds import SALTDSCollator
 
     calls = []
     real = schedules.resolve_kd_steps
@@ -322,7 +315,7 @@ def test_kd_steps_resolved_once_and_reading_the_callback_changes_nothing(tmp_pat
             args=args,
             teacher_model=_model(16, 1),
             train_dataset=_dataset(),
-            data_collator=SALTDSCollator(_dataset(8, seed=1)),
+            salt_ds_pool=_dataset(8, seed=1),
             kd_schedule=omega,
         )
         if stop is not None:

@@ -121,11 +121,11 @@ def check_inputs(model_args: ModelArguments, data_args: DataArguments, args: Pre
         raise ValueError("--salt_ds selects data for the KD stage: pass --teacher_model_name_or_path too.")
 
 
-def _salt_ds_collator(data_args: DataArguments, args: PretrainArguments, vocab_size: int):
+def _salt_ds_pool(data_args: DataArguments, args: PretrainArguments, vocab_size: int):
     """Load the scored dataset and pick the KD-stage pool (n_KD x global batch blocks)."""
     from datasets import load_from_disk
 
-    from hf_salt.salt_ds import SALTDSCollator, select
+    from hf_salt.salt_ds import select
 
     if not Path(data_args.salt_ds).is_dir():
         raise FileNotFoundError(
@@ -152,7 +152,7 @@ def _salt_ds_collator(data_args: DataArguments, args: PretrainArguments, vocab_s
         vocab_size=vocab_size,
     )
     print(f"SALT_DS: {len(pool)} of {len(scored)} scored blocks feed the {kd_steps} KD steps.")
-    return SALTDSCollator(pool)
+    return pool
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: PretrainArguments) -> int:
@@ -163,9 +163,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Pre
     model = load_model(model_args.model, vocab_size=len(tokenizer), seed=training_args.seed, causal=True)
     check_block_size(data_args.block_size, model.config)
     corpus = load_corpus(data_args.corpus)
-    collator = default_data_collator
-    if data_args.salt_ds:
-        collator = _salt_ds_collator(data_args, training_args, len(tokenizer))
+    pool = _salt_ds_pool(data_args, training_args, len(tokenizer)) if data_args.salt_ds else None
     train = pack_dataset(corpus["train"], tokenizer, data_args.block_size)
     evaluation = pack_dataset(corpus["validation"], tokenizer, data_args.block_size)
     if data_args.max_train_blocks:
@@ -188,13 +186,13 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Pre
         args=training_args,
         train_dataset=train,
         eval_dataset=evaluation,
-        data_collator=collator,
+        data_collator=default_data_collator,
         processing_class=tokenizer,
     )
     if training_args.teacher_model_name_or_path:
         from hf_salt.salt.trainer import SALTTrainer
 
-        trainer: Trainer = SALTTrainer(**kwargs)
+        trainer: Trainer = SALTTrainer(**kwargs, salt_ds_pool=pool)
     else:
         trainer = AtomicCheckpointTrainer(**kwargs)
     trainer.train(resume_from_checkpoint=resume)

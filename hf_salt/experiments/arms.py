@@ -13,7 +13,6 @@ and run it with ``hf-salt demo --arms salt-cosine`` or ``hf-salt benchmark --arm
 from __future__ import annotations
 
 import importlib
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -214,9 +213,7 @@ def _rkd(ctx: ArmContext) -> ArmSetup:
 def _salt_ds(ctx: ArmContext) -> ArmSetup:
     """Candidates: the first ``salt_ds_pool`` KD budgets of this seed's order; the top-scored budget is the KD
     stage (shuffled), then rows [budget, end) of the order: from step n_KD on, exactly the baseline's rows."""
-    import torch
-
-    from hf_salt.salt_ds import SALTDSCollator, kd_budget, score_dataset, select
+    from hf_salt.salt_ds import kd_budget, score_dataset, select
     from hf_salt.salt_ds.scoring import NUM_LEARNABLE_COLUMN
 
     c = ctx.config
@@ -236,29 +233,16 @@ def _salt_ds(ctx: ArmContext) -> ArmSetup:
         raise ValueError(
             "SALT_DS: no candidate block has a token in the teacher's top-10; is the teacher trained?"
         )
-    selected = select(scored, n=min(budget, eligible))  # a smaller pool is repeated by the curriculum
+    selected = select(scored, n=min(budget, eligible))  # a smaller pool is repeated by the sampler
     scoring_s = time.perf_counter() - start
 
-    class SameOrderCollator(SALTDSCollator):
-        """Pool (shuffled) for the KD stage, then exactly the rows the baseline reads at those steps."""
-
-        def curriculum(self, train_dataset, *, kd_steps, global_batch_size, total_samples, seed=0):
-            n_kd = min(kd_steps * global_batch_size, total_samples)
-            perm = np.random.default_rng((seed, 7)).permutation(len(self.selected_dataset))
-            pool_rows = np.concatenate([perm] * math.ceil(n_kd / len(perm)))[:n_kd]
-            return torch.utils.data.ConcatDataset(
-                [
-                    self.selected_dataset.select(pool_rows.tolist()),
-                    train_dataset.select(range(n_kd, total_samples)),
-                ]
-            )
-
-    keep = [col for col in ("input_ids", "attention_mask", "labels") if col in selected.column_names]
-    fields = ctx.salt_fields(remove_unused_columns=False)
+    # "sequential": positions from step n_KD on read rows [n_KD x global batch, end) of this seed's order, the
+    # rows the baseline reads at those steps (the engine's order already spans the whole run)
+    fields = ctx.salt_fields(train_sampling_strategy="sequential")
     return ArmSetup(
         ctx.fresh_student(),
         salt=fields,
-        trainer_kwargs={"data_collator": SameOrderCollator(selected.select_columns(keep))},
+        trainer_kwargs={"salt_ds_pool": selected},
         offline_teacher_s=scoring_s,
     )
 

@@ -15,22 +15,39 @@ import gc
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import datasets
 import torch
 from accelerate.utils import is_peft_model
 from torch import nn
-from torch.utils.data import SequentialSampler
+from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, Trainer
 from transformers.utils import logging
 
 from hf_salt.checks import check_causal_lm, check_positions
 from hf_salt.data.sft import prepare_trainer_data
 from hf_salt.salt.config import SALTConfig
-from hf_salt.salt.losses import KDLossOutput, fused_kd_loss, logit_transform
+from hf_salt.salt.losses import (
+    KDLossOutput,
+    fused_kd_loss,
+    kd_loss_from_logits,
+    logit_transform,
+    transform_logits,
+)
+from hf_salt.salt.output_path import (
+    OutputPath,
+    aux_loss_coef,
+    probe_ids,
+    probe_output_path,
+    probing,
+)
 from hf_salt.salt.schedules import KDScheduleCallback, KDState, get_schedule
 from hf_salt.trainer_base import TrainerBase, paper
 from hf_salt.zoo import load_model, parse_dtype
+
+if TYPE_CHECKING:
+    from hf_salt.salt_ds import SALTDSPlan, SALTDSSource
 
 logger = logging.get_logger(__name__)
 
@@ -54,6 +71,12 @@ def _decoder_and_head(lm: PreTrainedModel) -> tuple[nn.Module, nn.Module]:
             f"{getattr(lm, 'base_model_prefix', None)!r}); SALTTrainer needs a *ForCausalLM model."
         )
     return decoder, head
+
+
+def _head_rows(lm: nn.Module) -> int:
+    """Rows of the output layer (a ZeRO-3 partitioned weight has shape (0,); its full shape is ds_shape)."""
+    w = lm.get_output_embeddings().weight
+    return int(getattr(w, "ds_shape", w.shape)[0])
 
 
 def _gathered(params: list[torch.Tensor | None]):
@@ -109,6 +132,8 @@ class SALTTrainer(TrainerBase, Trainer):
         teacher_model: the teacher (model or local path); defaults to ``args.teacher_model_name_or_path``.
         peft_config: optional PEFT config, applied with :func:`hf_salt.peft_utils.apply_peft`.
         kd_schedule: optional callable ``step -> omega`` replacing ``args.kd_schedule``.
+        salt_ds_pool: SALT_DS: the KD-stage pool (``hf_salt.salt_ds.select``); the first n_KD optimizer steps read
+            it, later steps the rows plain training reads there (docs/salt_ds.md).
         **kwargs: everything `transformers.Trainer` takes.
     """
 
@@ -117,7 +142,7 @@ class SALTTrainer(TrainerBase, Trainer):
     _method = "salt"
     _tag_names = ["hf-salt", "salt"]
     _paper = paper("salt")
-    _metric_names = ("loss_ce", "loss_kd", "teacher_ce", "kd_weight")
+    _metric_names = ("loss_ce", "loss_kd", "teacher_ce", "kd_weight", "aux_loss")
 
     def __init__(
         self,
@@ -126,6 +151,7 @@ class SALTTrainer(TrainerBase, Trainer):
         teacher_model: PreTrainedModel | nn.Module | str | None = None,
         peft_config: Any | None = None,
         kd_schedule: Callable[[int], float] | None = None,
+        salt_ds_pool: datasets.Dataset | None = None,
         **kwargs: Any,
     ) -> None:
         if args is None:
@@ -176,7 +202,11 @@ class SALTTrainer(TrainerBase, Trainer):
         self._omega_last_step = -1
         self._bad_step: torch.Tensor | None = None
         self._teacher_placement = "device"
-        self._curriculum_active = False
+        self._output_paths: dict[str, OutputPath | None] | None = None  # decided at the first loss
+        self.salt_ds_pool = salt_ds_pool
+        self._salt_ds_plan: SALTDSPlan | None = None
+        if salt_ds_pool is not None:
+            self._check_salt_ds()
         self.teacher_model = self._prepare_teacher(teacher)
         self._vocab_limit = self._check_vocab()
         self._warn_if_teacher_larger()
@@ -297,9 +327,16 @@ class SALTTrainer(TrainerBase, Trainer):
         return self.args.kd_steps if isinstance(self.args.kd_steps, int) else None
 
     def set_initial_training_values(self, args: Any, dataloader: Any) -> tuple:
-        """The Trainer works out max_steps here; n_KD is resolved from it, once, for the whole run."""
+        """The Trainer works out max_steps here; n_KD is resolved from it, once, for the whole run. With a SALT_DS
+        pool this also fixes the order's plan (n_KD, global batch, steps per epoch), read when an epoch begins."""
         values = super().set_initial_training_values(args, dataloader)
-        self.kd_callback.resolve(values[-1])
+        cb = self.kd_callback
+        cb.resolve(values[-1])
+        if self.salt_ds_pool is not None:  # the pool covers n_KD (the cap under "auto") steps
+            from hf_salt.salt_ds import SALTDSPlan
+
+            kd_steps = cb.auto.cap if cb.auto is not None else cb.kd.kd_steps
+            self._salt_ds_plan = SALTDSPlan(kd_steps, global_batch_size=values[4], steps_per_epoch=values[1])
         return values
 
     def _load_callback_state(self) -> None:
@@ -410,9 +447,116 @@ class SALTTrainer(TrainerBase, Trainer):
             hidden = decoder(**kw, use_cache=False)[0]
             return self._fused_loss(lm, hidden, **loss_kwargs)
 
-        if model is inner:
-            return run(**model_inputs)
+        # always through the outermost module's __call__, even when nothing wraps the model: under FSDP2
+        # (`fully_shard`) the root's pre-forward hook all-gathers the embeddings, final norm and head
         return KDLossOutput(*_redirect_forward(model, inner, run, **model_inputs))
+
+    def _logits_loss(
+        self,
+        model: nn.Module,
+        model_inputs: dict[str, Any],
+        *,
+        labels: torch.Tensor,
+        shift: bool,
+        omega: float,
+        num_items_in_batch: Any,
+    ) -> tuple[KDLossOutput, torch.Tensor | None]:
+        """The SALT objective from the models' own logits (the path for models whose output the fused head
+        cannot reproduce; see :mod:`hf_salt.salt.output_path`). Builds full ``[batch, seq, vocab]`` logits.
+        Returns the loss and the router aux loss term the student's own forward adds (or None)."""
+        student_path = self._output_paths["student"]
+        out = model(**model_inputs, use_cache=False)
+        s_logits = out.logits
+        t_logits = None
+        if omega > 0:
+            with torch.no_grad():
+                t_logits = self.teacher_model(**model_inputs, use_cache=False).logits
+        n = self._vocab_limit
+        if n is not None:
+            s_logits = s_logits[..., :n]
+            t_logits = t_logits[..., :n] if t_logits is not None else None
+        res = kd_loss_from_logits(
+            s_logits,
+            t_logits,
+            labels.to(s_logits.device),
+            kd_weight=omega,
+            divergence=self.args.kd_divergence,
+            temperature=self.args.kd_temperature,
+            beta=self.args.kd_jsd_beta,
+            num_items_in_batch=num_items_in_batch,
+            shift_labels=shift,
+        )
+        aux = None
+        if student_path.aux_loss_coef is not None and getattr(out, "aux_loss", None) is not None:
+            aux = student_path.aux_loss_coef * out.aux_loss.to(res.loss.device)
+        return res, aux
+
+    # ------------------------------------------------------------------------------------------------ probe
+    @property
+    def output_paths(self) -> dict[str, OutputPath | None]:
+        """How the student's and the teacher's losses are computed (fused head or own logits), decided by the
+        probe at the first loss computation; empty before that."""
+        return dict(self._output_paths or {})
+
+    def _probe_output_paths(self, model: nn.Module) -> dict[str, OutputPath | None]:
+        """Probe both models once (see :mod:`hf_salt.salt.output_path`); log which path each takes."""
+        inner = self.accelerator.unwrap_model(model)
+        lm = _causal_lm(inner)
+        rows = [_head_rows(lm)]
+        teacher = self._teacher_module if self.teacher_model is not None else None
+        if teacher is not None:
+            rows.append(_head_rows(teacher))
+        vocab = min([*rows, int(getattr(lm.config, "vocab_size", None) or rows[0])])
+        ids = probe_ids(vocab, self.args.device)
+
+        def fused_of(causal: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+            scale, cap = logit_transform(causal.config)
+            return transform_logits(causal.get_output_embeddings()(hidden).float(), scale, cap)
+
+        def student_fused(x: torch.Tensor) -> torch.Tensor:
+            decoder, _ = _decoder_and_head(lm)
+
+            def run(**kw: Any) -> torch.Tensor:
+                return fused_of(lm, decoder(**kw, use_cache=False)[0])
+
+            return _redirect_forward(model, inner, run, input_ids=x)
+
+        paths: dict[str, OutputPath | None] = {"student": None, "teacher": None}
+        with probing(inner):
+            paths["student"] = probe_output_path(
+                lm.config.model_type,
+                lambda x: model(input_ids=x, labels=x, use_cache=False),
+                student_fused,
+                ids,
+                aux_coef=aux_loss_coef(lm),
+                what="the student",
+            )
+        if teacher is not None:
+            t_ids = ids.to(next(teacher.parameters()).device)
+            t_decoder, _ = _decoder_and_head(teacher)
+            with probing(teacher):
+                paths["teacher"] = probe_output_path(
+                    teacher.config.model_type,
+                    lambda x: self.teacher_model(input_ids=x, labels=x, use_cache=False),
+                    lambda x: fused_of(teacher, t_decoder(input_ids=x, use_cache=False)[0]),
+                    t_ids,
+                    aux_coef=aux_loss_coef(teacher),
+                    what="the teacher",
+                )
+        for what, path in paths.items():
+            if path is not None and not path.fused:
+                logger.warning(
+                    f"SALT: {what} is trained/read through {path.describe()}; this path builds full "
+                    "[batch, seq, vocab] logits (correct, memory-heavier than the fused head)."
+                )
+        return paths
+
+    def _use_fused(self, omega: float) -> bool:
+        paths = self._output_paths
+        if not paths["student"].fused:
+            return False
+        teacher = paths.get("teacher")
+        return omega <= 0 or teacher is None or teacher.head_exact
 
     def compute_loss(
         self,
@@ -451,17 +595,30 @@ class SALTTrainer(TrainerBase, Trainer):
         omega = self.kd_state.kd_weight if training else 0.0
         if training:
             self._manage_teacher_placement(omega)
-        teacher_hidden = self._teacher_hidden(model_inputs) if omega > 0 else None
-        out = self._student_loss(
-            model,
-            model_inputs,
-            teacher_hidden=teacher_hidden,
-            labels=labels,
-            shift=shift,
-            omega=omega,
-            num_items_in_batch=num_items_in_batch,
-        )
-        loss = out.loss
+        if self._output_paths is None:
+            self._output_paths = self._probe_output_paths(model)
+        aux = None
+        if self._use_fused(omega):
+            teacher_hidden = self._teacher_hidden(model_inputs) if omega > 0 else None
+            out = self._student_loss(
+                model,
+                model_inputs,
+                teacher_hidden=teacher_hidden,
+                labels=labels,
+                shift=shift,
+                omega=omega,
+                num_items_in_batch=num_items_in_batch,
+            )
+        else:
+            out, aux = self._logits_loss(
+                model,
+                model_inputs,
+                labels=labels,
+                shift=shift,
+                omega=omega,
+                num_items_in_batch=num_items_in_batch,
+            )
+        loss = out.loss if aux is None else out.loss + aux
         if num_items_in_batch is None:
             if (
                 training and _HAS_GA_FLAG
@@ -471,7 +628,7 @@ class SALTTrainer(TrainerBase, Trainer):
             tp = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
             loss = loss * (self.accelerator.num_processes // tp if self.args.n_gpu <= 1 else self.args.n_gpu)
         if training:
-            self._record(out, omega)
+            self._record(out, omega, aux)
         return (loss, {"loss": loss.detach()}) if return_outputs else loss
 
     def _check_length(self, inputs: dict[str, Any]) -> None:
@@ -487,10 +644,12 @@ class SALTTrainer(TrainerBase, Trainer):
                 )
 
     # ------------------------------------------------------------------------------------------------ logging
-    def _record(self, out: KDLossOutput, omega: float) -> None:
+    def _record(self, out: KDLossOutput, omega: float, aux: torch.Tensor | None = None) -> None:
         """Accumulate this micro-batch's sums on the device (no host sync)."""
         n = out.num_tokens
         self._metrics.add("loss_ce", out.ce_sum, n)
+        if aux is not None:
+            self._metrics.add("aux_loss", aux.detach())
         if out.kd_sum is not None:
             self._metrics.add("loss_kd", out.kd_sum, n)
         if out.teacher_ce_sum is not None:
@@ -533,28 +692,68 @@ class SALTTrainer(TrainerBase, Trainer):
         super()._save_checkpoint(model, trial)
 
     # ------------------------------------------------------------------------------------------------ data
-    def get_train_dataloader(self):
-        """SALT_DS hook: a collator with ``curriculum(...)`` decides the training order (read sequentially)."""
-        curriculum = getattr(self.data_collator, "curriculum", None)
-        if callable(curriculum) and not self._curriculum_active:
-            # the curriculum needs n_KD before the real loader exists: count the run's steps as the Trainer
-            # does, on the loader of the plain dataset (this resolves n_KD for the run)
-            values = self.set_initial_training_values(self.args, super().get_train_dataloader())
-            max_steps, gbs = values[-1], values[4]
-            self.train_dataset = curriculum(
-                self.train_dataset,
-                kd_steps=self.kd_steps,
-                global_batch_size=gbs,
-                total_samples=max_steps * gbs,
-                seed=self.args.seed,
-            )
-            self._curriculum_active = True
-        return super().get_train_dataloader()
+    def _check_salt_ds(self) -> None:
+        """Refuse, at construction, the SALT_DS set-ups the sampler cannot order exactly."""
+        from hf_salt.salt_ds import SAMPLING_STRATEGIES
 
-    def _get_train_sampler(self, train_dataset=None):
-        if self._curriculum_active:
-            return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
-        return super()._get_train_sampler(train_dataset)
+        strategy = self.args.train_sampling_strategy
+        if strategy not in SAMPLING_STRATEGIES:
+            raise ValueError(
+                f"salt_ds_pool: train_sampling_strategy={strategy!r} is not supported; SALT_DS orders the data "
+                f"itself and reproduces {SAMPLING_STRATEGIES} only."
+            )
+        if self.train_dataset is None:
+            raise ValueError(
+                "salt_ds_pool needs a train_dataset (the full set the run reads after the KD stage)."
+            )
+        self._salt_ds_source()  # types, emptiness, columns
+
+    def _salt_ds_source(self) -> SALTDSSource:
+        """The pool and the train set (with the columns the Trainer would keep) behind one index."""
+        from hf_salt.salt_ds import SALTDSSource
+
+        train = self.train_dataset
+        if self.args.remove_unused_columns and isinstance(train, datasets.Dataset):
+            train = self._remove_unused_columns(train, description="Training")
+        return SALTDSSource(train, self.salt_ds_pool)
+
+    def _salt_ds_current_plan(self) -> SALTDSPlan:
+        if self._salt_ds_plan is None:
+            raise RuntimeError(
+                "The SALT_DS order is fixed when training starts (n_KD and the steps per epoch come from "
+                "set_initial_training_values); iterate the training loader inside train()."
+            )
+        return self._salt_ds_plan
+
+    def get_train_dataloader(self) -> DataLoader:
+        """SALT_DS: the loader reads a `SALTDSSource` (pool + train set) through a `SALTDSSampler`, which puts the
+        pool at the positions of the first n_KD optimizer steps; one epoch is ``len(train_dataset)`` rows."""
+        if self.salt_ds_pool is None:
+            return super().get_train_dataloader()
+        from transformers import default_data_collator
+
+        from hf_salt.salt_ds import SALTDSSampler
+
+        source = self._salt_ds_source()
+        first = source.train[0], source.pool[0]
+        n_train, n_pool = (len(row.get("input_ids", ())) for row in first)
+        if self.data_collator is default_data_collator and n_train != n_pool:
+            raise ValueError(
+                f"The pool's blocks have {n_pool} tokens and the train set's {n_train}: pack both with the same "
+                "block_size, or pass a padding data_collator."
+            )
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        shuffle = self.args.train_sampling_strategy != "sequential"
+        sampler = SALTDSSampler(source, self._salt_ds_current_plan, seed=seed, shuffle=shuffle)
+        # `_get_dataloader` is what `Trainer.get_train_dataloader` calls: the same collator handling, worker
+        # seeding and accelerate preparation as the plain loader, on our dataset and sampler.
+        return self._get_dataloader(
+            dataset=source,
+            description="Training",
+            batch_size=self._train_batch_size,
+            sampler_fn=lambda _dataset: sampler,
+            is_training=True,
+        )
 
     # ------------------------------------------------------------------------------------------------ hub
     def method_info(self) -> dict[str, Any]:
@@ -585,4 +784,4 @@ class SALTTrainer(TrainerBase, Trainer):
         return "salt+salt_ds" if self._salt_ds_selection() is not None else "salt"
 
     def _salt_ds_selection(self) -> dict[str, Any] | None:
-        return getattr(getattr(self.data_collator, "selected_dataset", None), "salt_ds_selection", None)
+        return getattr(self.salt_ds_pool, "salt_ds_selection", None)

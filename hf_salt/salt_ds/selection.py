@@ -55,7 +55,7 @@ def select(
 
     `statistic`: None uses `salt_ds_score` (what `score_dataset` was asked for); "median"/"mean" use that
     column. `vocab_size`: the student's vocabulary; token ids outside it are an error here, not at step 1.
-    The result keeps the dataset's row order (the curriculum shuffles it).
+    The result keeps the dataset's row order (the SALT_DS sampler shuffles it).
     """
     if statistic not in _STATISTIC_COLUMNS:
         raise ValueError(f"statistic must be None, 'median' or 'mean', got {statistic!r}.")
@@ -105,7 +105,7 @@ def select(
             raise ValueError(
                 f"The budget ({n} sequences) is larger than the pool ({order.size} scored sequences with a "
                 "learnable token): score more data, lower n / kd_steps, or reuse the pool on purpose by "
-                "passing n=len(pool) (the curriculum then repeats it)."
+                "passing n=len(pool) (the SALT_DS sampler then repeats it)."
             )
         chosen = order[:n]
     else:
@@ -126,7 +126,7 @@ def select(
         else:
             chosen = np.random.default_rng(seed).choice(in_band, size=n, replace=False)
     pool = scored.select(np.sort(chosen))
-    # recorded for the model card (SALTTrainer.create_model_card reads it through SALTDSCollator)
+    # recorded for the model card (SALTTrainer.create_model_card reads it from salt_ds_pool)
     pool.salt_ds_selection = {
         "pool_size": len(scored),
         "selected_size": len(pool),
