@@ -11,8 +11,9 @@ at 0 (so a training-mode forward is deterministic) and every output-side multipl
 moved away from its default (:func:`away_from_defaults`). The teacher is an exact copy of the student. Checks:
 
 - training (one ``SALTTrainer`` step, lr 0, ``kd_weight`` 0.5): the logged ``loss_ce`` and ``teacher_ce`` equal
-  the model's own ``model(input_ids, labels=labels).loss``, ``loss_kd`` (student vs its copy) is 0 and the loss
-  ``compute_loss`` returns for the step is 0.5 x the model's own;
+  the cross-entropy of the model's own logits, ``loss_ce`` + ``aux_loss`` equals the model's own
+  ``model(input_ids, labels=labels).loss``, ``loss_kd`` (student vs its copy) is 0 and the loss ``compute_loss``
+  returns for the step is that of the model's own objective with KD mixed in (0.5 x CE + the aux term);
 - ``trainer.evaluate()``'s ``eval_loss`` equals the model's own loss on the eval batch;
 - SALT_DS: ``score_dataset``'s median score and learnable count per sequence equal a float64 reference computed
   from the model's own logits.
@@ -32,7 +33,6 @@ import argparse
 import contextlib
 import copy
 import io
-import logging
 import math
 import re
 import sys
@@ -51,6 +51,7 @@ KD_ATOL = 1e-6  # |loss_kd| between a model and its exact copy
 LIMITS = {
     "loss": RTOL,
     "loss_ce": RTOL,
+    "loss_ce + aux_loss": RTOL,
     "teacher_ce": RTOL,
     "loss_kd": KD_ATOL,
     "eval_loss": RTOL,
@@ -228,6 +229,20 @@ def own_loss(model: Any, batch: dict[str, torch.Tensor]) -> float:
 
 
 @torch.no_grad()
+def own_ce(model: Any, batch: dict[str, torch.Tensor]) -> float:
+    """The next-token cross-entropy of the model's own logits (eval mode, float64): its loss without any extra
+    term such as a MoE router's auxiliary loss."""
+    model.eval()
+    logits = model(input_ids=batch["input_ids"], use_cache=False).logits.double()
+    targets = batch["labels"][:, 1:].reshape(-1)
+    return float(
+        torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), targets, ignore_index=-100
+        )
+    )
+
+
+@torch.no_grad()
 def reference_scores(model: Any, batch: dict[str, torch.Tensor], top_k: int) -> list[tuple[float, int]]:
     """SALT_DS's score (median of -log p over the positions whose target is in the top-k) and the learnable
     count per row, in float64 from the model's own logits (docs/salt_ds.md)."""
@@ -271,25 +286,25 @@ def _names_model(err: BaseException, model: Any, model_type: str) -> bool:
 
 
 def _loss_path(trainer: Any) -> str:
-    """Which loss path the trainer took, where it records one (after the first step)."""
-    for name in ("loss_path", "_loss_path", "_probe", "probe", "_probe_result", "_salt_probe"):
-        value = getattr(trainer, name, None)
-        if value is not None:
-            return _short(value, 80)
-    return ""
+    """The path the trainer's probe picked for the student (and the teacher, where it differs)."""
+    paths = trainer.output_paths
+    student, teacher = paths.get("student"), paths.get("teacher")
+    if student is None:
+        return "not probed"
+    text = "fused head" if student.fused else f"own logits: {student.reason}"
+    if teacher is not None and teacher.head_exact != student.head_exact:
+        text += "; teacher: " + ("fused head" if teacher.head_exact else f"own logits: {teacher.reason}")
+    return text
 
 
-class _Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.records: list[str] = []
+def _salt_checks(
+    model: Any, batch: dict[str, torch.Tensor], reference: float, ce: float, tmp: str
+) -> tuple[dict, str]:
+    """One SALT step (lr 0) and an evaluation, against the model's own loss ``reference`` and the cross-entropy
+    of its own logits ``ce`` (they differ by the router aux loss of a MoE model that adds one).
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record.getMessage())
-
-
-def _salt_checks(model: Any, batch: dict[str, torch.Tensor], reference: float, tmp: str) -> tuple[dict, str]:
-    """One SALT step (lr 0) and an evaluation; the logged components and eval_loss against ``reference``."""
+    SALT's objective is ``(1 - w) CE + w KD`` plus the model's own extra term (``aux_loss`` in the logs), so with
+    KD = 0 the step's loss is ``(1 - w) ce + (reference - ce)``."""
     from datasets import Dataset
 
     from hf_salt.salt.config import SALTConfig
@@ -312,38 +327,32 @@ def _salt_checks(model: Any, batch: dict[str, torch.Tensor], reference: float, t
         seed=0,
     )
     teacher = copy.deepcopy(model)
-    capture = _Capture()
-    salt_logger = logging.getLogger("hf_salt")
-    salt_logger.addHandler(capture)
-    try:
-        trainer = SALTTrainer(
-            model=model, args=args, teacher_model=teacher, train_dataset=data, eval_dataset=data
-        )
-        step_losses: list[float] = []  # the loss the step trains on (the Trainer logs it rounded to 4 digits)
-        compute_loss = trainer.compute_loss
+    trainer = SALTTrainer(
+        model=model, args=args, teacher_model=teacher, train_dataset=data, eval_dataset=data
+    )
+    step_losses: list[float] = []  # the loss the step trains on (the Trainer logs it rounded to 4 digits)
+    compute_loss = trainer.compute_loss
 
-        def spy(model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
-            out = compute_loss(model, inputs, *args, **kwargs)
-            if model.training:
-                step_losses.append(float(out[0] if isinstance(out, tuple) else out))
-            return out
+    def spy(model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        out = compute_loss(model, inputs, *args, **kwargs)
+        if model.training:
+            step_losses.append(float(out[0] if isinstance(out, tuple) else out))
+        return out
 
-        trainer.compute_loss = spy
-        trainer.train()
-        logs = next(r for r in trainer.state.log_history if "loss_ce" in r)
-        metrics = trainer.evaluate()
-    finally:
-        salt_logger.removeHandler(capture)
+    trainer.compute_loss = spy
+    trainer.train()
+    logs = next(r for r in trainer.state.log_history if "loss_ce" in r)
+    metrics = trainer.evaluate()
     diffs = {
-        "loss_ce": _rel(logs["loss_ce"], reference),
-        "teacher_ce": _rel(logs.get("teacher_ce", math.nan), reference),
+        "loss_ce": _rel(logs["loss_ce"], ce),
+        "loss_ce + aux_loss": _rel(logs["loss_ce"] + logs.get("aux_loss", 0.0), reference),
+        "teacher_ce": _rel(logs.get("teacher_ce", math.nan), ce),
         "loss_kd": abs(logs.get("loss_kd", math.nan)),
         "eval_loss": _rel(metrics.get("eval_loss", math.nan), reference),
-        # (1 - w) CE + w KD with KD = 0: the objective itself, not only its logged parts
-        "loss": _rel(step_losses[0] if step_losses else math.nan, (1 - KD_WEIGHT) * reference),
+        # the objective itself, not only its logged parts
+        "loss": _rel(step_losses[0] if step_losses else math.nan, (1 - KD_WEIGHT) * ce + (reference - ce)),
     }
-    path = _loss_path(trainer) or next((m for m in capture.records if "fall" in m.lower()), "")
-    return diffs, _short(path, 120)
+    return diffs, _loss_path(trainer)
 
 
 def _salt_ds_check(model: Any, batch: dict[str, torch.Tensor], tmp: str) -> dict[str, float]:
@@ -373,14 +382,14 @@ def run_row(model_type: str) -> Row:
         try:
             model, changed = build(model_type)
             batch = batch_for(model)
-            reference = own_loss(model, batch)
+            reference, ce = own_loss(model, batch), own_ce(model, batch)
             if not math.isfinite(reference):
                 raise ValueError(f"its own loss is {reference}")
         except Exception as err:  # no tiny model or no reference loss here: listed with the reason
             return Row(model_type, "not-built-here", _short(err), seconds=time.perf_counter() - start)
         row = Row(model_type, "agrees", changed=changed)
         for what, check in (
-            ("SALTTrainer", lambda tmp: _salt_checks(model, batch, reference, tmp)),
+            ("SALTTrainer", lambda tmp: _salt_checks(model, batch, reference, ce, tmp)),
             ("score_dataset", lambda tmp: (_salt_ds_check(model, batch, tmp), "")),
         ):
             try:
@@ -404,32 +413,37 @@ def run_row(model_type: str) -> Row:
 def markdown(rows: list[Row]) -> str:
     import transformers
 
+    fused = sum(r.status == "agrees" and r.path.startswith("fused") for r in rows)
     counts = {
-        s: sum(r.status == s for r in rows)
-        for s in ("agrees", "refused", "not-built-here", "differs", "crash")
+        "agree via the fused head": fused,
+        "agree via the model's own logits": sum(r.status == "agrees" for r in rows) - fused,
+        **{s: sum(r.status == s for r in rows) for s in ("refused", "not-built-here", "differs", "crash")},
     }
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     lines = [
-        f"{len(rows)} rows ({summary}) for the causal-LM types of transformers {transformers.__version__}. "
-        f"`agrees`: `loss_ce`, `teacher_ce` and `eval_loss` within {RTOL:g} (relative) of the model's own "
-        f"`model(input_ids, labels=labels).loss`, `loss_kd` against an exact copy below {KD_ATOL:g}, the step's loss "
-        f"within {RTOL:g} of {1 - KD_WEIGHT:g} x the own loss, and SALT_DS's "
-        "median score and learnable count per sequence equal to a float64 reference from the model's own logits. "
-        "Generated by `python benchmarks/salt_matrix.py --write-docs` (`tests/test_salt_matrix.py` runs the same "
-        "rows).",
+        f"{len(rows)} rows for the causal-LM types of transformers {transformers.__version__}: {summary}. "
+        f"`agrees`: `loss_ce` and `teacher_ce` within {RTOL:g} (relative) of the cross-entropy of the model's own "
+        "logits, `loss_ce` + `aux_loss` and `eval_loss` within it of the model's own "
+        f"`model(input_ids, labels=labels).loss`, `loss_kd` against an exact copy below {KD_ATOL:g}, the loss the "
+        "step trains on equal to that of the model's own objective, and SALT_DS's median score and learnable "
+        "count per sequence equal to a float64 reference from the model's own logits. The path is the one "
+        "`SALTTrainer.output_paths` reports. Generated by `python benchmarks/salt_matrix.py --write-docs` "
+        "(`tests/test_salt_matrix.py` runs the same rows).",
         "",
         "| model type | result | path / reason | fields set away from their defaults |",
         "| --- | --- | --- | --- |",
     ]
     for r in rows:
         changed = ", ".join(f"`{k}`={v}" for k, v in r.changed.items() if not _STOCHASTIC.search(k))
+        status = r.status
         if r.status == "agrees":
             worst = max((v for k, v in r.diffs.items() if k != "salt_ds_count"), default=0.0)
-            note = f"{r.path} (max rel. diff {worst:.0e})" if r.path else f"max rel. diff {worst:.0e}"
+            status = "agrees, fused" if r.path.startswith("fused") else "agrees, own logits"
+            note = f"{r.path} (max diff {worst:.0e})"
         else:
             note = r.reason
         note = note.replace("|", "\\|")
-        lines.append(f"| `{r.model_type}` | {r.status} | {note} | {changed} |")
+        lines.append(f"| `{r.model_type}` | {status} | {note} | {changed} |")
     return "\n".join(lines)
 
 
