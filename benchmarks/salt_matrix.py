@@ -157,6 +157,10 @@ _BUILDER_FIXES: dict[str, dict[str, Any]] = {
 }
 
 
+# widths the builder does not know (XLM: 100M parameters; Kimi-Linear: 32 x 128 delta-rule heads, 25 s a row)
+_ALSO_TINY = {"emb_dim": 32, "linear_head_dim": 8, "linear_num_heads": 4}
+
+
 def _tiny_config_fixed(model_type: str) -> Any:
     """``tiny_config`` with :data:`_BUILDER_FIXES` applied to the builder's overrides."""
     from transformers import AutoConfig
@@ -178,12 +182,13 @@ def build(model_type: str, seed: int = 0, away: bool = True) -> tuple[Any, dict[
     ``away=False``: only the ``+router-aux`` switch, the config otherwise as the builder makes it."""
     from transformers import AutoModelForCausalLM
 
-    from hf_salt.hypercloning.tiny import HIDDEN, randomise, tiny_config
+    from hf_salt.hypercloning.tiny import randomise, tiny_config
 
     base, router_aux = (model_type[: -len(AUX)], True) if model_type.endswith(AUX) else (model_type, False)
     config = _tiny_config_fixed(base) if base in _BUILDER_FIXES else tiny_config(base)
-    if getattr(config, "emb_dim", 0) > HIDDEN:  # XLM's width, unknown to the builder: 100M parameters
-        config.emb_dim = HIDDEN
+    for key, tiny in _ALSO_TINY.items():
+        if isinstance(getattr(config, key, None), int) and getattr(config, key) > tiny:
+            setattr(config, key, tiny)
     if away:
         changed = away_from_defaults(config, router_aux)
     else:
