@@ -74,7 +74,7 @@ def _run_jobs(cfg: BenchmarkConfig, sweep: SweepArgs, indices: list[int]) -> Non
         point = cfg if job is None else dataclasses.replace(cfg, kd_weight=job[0], kd_temperature=job[1])
         path = _job_path(bench.out, seed, job)
         bench.cfg = point
-        if cfg.resume and path.exists() and json.loads(path.read_text()).get("key") in bench.run_keys(arm):
+        if cfg.resume and path.exists() and json.loads(path.read_text()).get("key") == bench.run_key(arm):
             print(f"[sweep] reusing {path}")
             continue
         print(f"[sweep] {arm} {job or ''}")

@@ -1,6 +1,6 @@
 """hf-salt: make language-model training cheaper by putting small models to work.
 
-The public API is imported lazily, so `import hf_salt` (and the CLI) start fast and a
+The public API (what a user calls: trainers, configs, callbacks, SALT_DS, data and model helpers) is imported lazily, so `import hf_salt` (and the CLI) start fast and a
 missing optional dependency only fails the feature that needs it.
 """
 
@@ -19,16 +19,11 @@ _LAZY: dict[str, str] = {
     "KDScheduleCallback": "hf_salt.salt.schedules",
     "kd_weight_at": "hf_salt.salt.schedules",
     "fused_kd_loss": "hf_salt.salt.losses",
-    "Divergence": "hf_salt.salt.losses",
-    "register_divergence": "hf_salt.salt.losses",
+    "Divergence": "hf_salt.salt.divergences",
+    "register_divergence": "hf_salt.salt.divergences",
     "KDSchedule": "hf_salt.salt.schedules",
     "register_schedule": "hf_salt.salt.schedules",
     "KDState": "hf_salt.salt.schedules",
-    "ExperimentConfig": "hf_salt.experiments",
-    "run_experiment": "hf_salt.experiments",
-    "register_arm": "hf_salt.experiments",
-    "ArmSetup": "hf_salt.experiments",
-    "ArmContext": "hf_salt.experiments",
     # SALT_DS
     "SALTDSSampler": "hf_salt.salt_ds",
     "SALTDSSource": "hf_salt.salt_ds",
@@ -45,7 +40,6 @@ _LAZY: dict[str, str] = {
     "AtomicCheckpointTrainer": "hf_salt.checkpoints",
     "latest_complete_checkpoint": "hf_salt.checkpoints",
     "resolve_resume": "hf_salt.checkpoints",
-    "atomic_directory": "hf_salt.io",
     # data and models
     "load_corpus": "hf_salt.data",
     "load_tokenizer": "hf_salt.data",
@@ -56,12 +50,11 @@ _LAZY: dict[str, str] = {
     "build_model": "hf_salt.zoo",
     "build_config": "hf_salt.zoo",
     "load_model": "hf_salt.zoo",
-    # shared by the hf-salt trainers
-    "TrainerBase": "hf_salt.trainer_base",
 }
 
-# sub-packages reachable as attributes: hf_salt.hypercloning, hf_salt.salt_ds, ...
-_SUBMODULES = {"salt", "salt_ds", "step_by_step", "hypercloning", "data", "zoo", "cli"}
+# sub-packages reachable as attributes: hf_salt.hypercloning, hf_salt.salt_ds, ... (the experiment engine behind
+# `hf-salt demo` / `benchmark`, with `register_arm`, is hf_salt.experiments)
+_SUBMODULES = {"salt", "salt_ds", "step_by_step", "hypercloning", "data", "zoo", "cli", "experiments"}
 
 __all__ = sorted(_LAZY) + sorted(_SUBMODULES) + ["__version__"]
 

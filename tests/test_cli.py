@@ -115,22 +115,3 @@ def test_pretrain_empty_corpus(tmp_path, capsys):
 def test_unknown_command(capsys):
     assert main(["frobnicate"]) == 2
     assert "unknown command" in capsys.readouterr().err
-
-
-def test_renamed_options_still_work_with_a_deprecation_warning(tmp_path):
-    """`score --teacher/--statistic` (old names) mean `--teacher_model_name_or_path/--salt_ds_statistic`."""
-    from hf_salt.cli.score import COMMAND, ScoreArguments
-
-    old = ["--teacher", "llama-tiny", "--statistic=mean", "--output_dir", str(tmp_path / "s")]
-    with pytest.warns(FutureWarning, match="--teacher is deprecated; use --teacher_model_name_or_path"):
-        (args,) = parse_args([ScoreArguments], old, renamed=COMMAND.renamed)
-    assert args.teacher_model_name_or_path == "llama-tiny" and args.salt_ds_statistic == "mean"
-    cfg = tmp_path / "score.yaml"
-    cfg.write_text("teacher: llama-tiny\nstatistic: mean\n")
-    with pytest.warns(FutureWarning, match="statistic is deprecated"):
-        (args,) = parse_args(
-            [ScoreArguments],
-            ["--config", str(cfg), "--output_dir", str(tmp_path / "s")],
-            renamed=COMMAND.renamed,
-        )
-    assert args.teacher_model_name_or_path == "llama-tiny" and args.salt_ds_statistic == "mean"

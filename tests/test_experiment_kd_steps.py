@@ -1,32 +1,17 @@
-"""n_KD in the experiment configs: `kd_steps` as in SALTConfig (steps or a fraction of max_steps), the old
-`kd_fraction` accepted with a FutureWarning (keyword, flag, config file) and in saved runs."""
+"""n_KD in the experiment configs: `kd_steps` as in SALTConfig (steps or a fraction of max_steps), as a keyword,
+a flag and a config-file key."""
 
 from __future__ import annotations
 
 import json
-import warnings
 
 import pytest
 
 from hf_salt.cli import benchmark as bench_cli
 from hf_salt.cli import demo as demo_cli
 from hf_salt.cli.parser import parse_args
-from hf_salt.experiments import ExperimentConfig, demo, engine, report
+from hf_salt.experiments import demo, report
 from hf_salt.experiments.benchmark import Benchmark, BenchmarkConfig
-
-
-def test_kd_fraction_keyword_is_kd_steps_with_a_warning():
-    with pytest.warns(FutureWarning, match="BenchmarkConfig: kd_fraction is deprecated; use kd_steps"):
-        old = BenchmarkConfig(max_steps=100, kd_fraction=0.3)
-    new = BenchmarkConfig(max_steps=100, kd_steps=0.3)
-    assert old.kd_steps == new.kd_steps == 0.3 and old.resolved_kd_steps == new.resolved_kd_steps == 30
-    with pytest.warns(FutureWarning, match="ExperimentConfig: kd_fraction is deprecated"):
-        assert ExperimentConfig(max_steps=10, kd_fraction=0.4).resolved_kd_steps == 4
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the current name says nothing
-        BenchmarkConfig(kd_steps=0.3)
-    with pytest.raises(ValueError, match="Pass kd_steps only"), pytest.warns(FutureWarning):
-        BenchmarkConfig(kd_steps=0.5, kd_fraction=0.3)
 
 
 def test_int_kd_steps_are_steps():
@@ -57,50 +42,34 @@ def test_bad_kd_steps_say_what_to_change(value, message):
         BenchmarkConfig(max_steps=100, kd_steps=value)
 
 
-def test_kd_fraction_flag_and_config_key(tmp_path):
-    config = tmp_path / "old.yaml"
-    config.write_text("max_steps: 100\nkd_fraction: 0.25\n")
-    with pytest.warns(FutureWarning, match="kd_fraction is deprecated; use kd_steps"):
-        (cfg,) = parse_args(
-            bench_cli.COMMAND.dataclass_types, ["--config", str(config)], renamed=bench_cli.COMMAND.renamed
-        )
+def test_kd_steps_flag_and_config_key(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("max_steps: 100\nkd_steps: 0.25\n")
+    (cfg,) = parse_args(bench_cli.COMMAND.dataclass_types, ["--config", str(config)])
     assert cfg.kd_steps == 0.25 and cfg.resolved_kd_steps == 25
-    with pytest.warns(FutureWarning, match="--kd_fraction is deprecated; use --kd_steps"):
-        args, given = parse_args(
-            demo_cli.COMMAND.dataclass_types,
-            ["--scale", "tiny", "--kd_fraction", "0.5"],
-            renamed=demo_cli.COMMAND.renamed,
-        )
+    args, given = parse_args(demo_cli.COMMAND.dataclass_types, ["--scale", "tiny", "--kd_steps", "0.5"])
     assert demo_cli.resolve(args, given).resolved_kd_steps == 4  # tiny: 8 steps
-    args, given = parse_args(
-        demo_cli.COMMAND.dataclass_types, ["--kd_steps", "96"], renamed=demo_cli.COMMAND.renamed
-    )
+    args, given = parse_args(demo_cli.COMMAND.dataclass_types, ["--kd_steps", "96"])
     assert demo_cli.resolve(args, given).kd_steps == 96
-    args, given = parse_args(demo_cli.COMMAND.dataclass_types, [], renamed=demo_cli.COMMAND.renamed)
+    args, given = parse_args(demo_cli.COMMAND.dataclass_types, [])
     assert demo_cli.resolve(args, given).resolved_kd_steps == 192  # the cpu scale: 40 percent of 480 steps
 
 
-def _legacy_key(bench: Benchmark, arm: str) -> str:
-    """The key a run of ``arm`` got when the field was called kd_fraction (same fields, the old name)."""
-    fields = bench._run_fields(arm)
-    return engine.digest({("kd_fraction" if k == "kd_steps" else k): v for k, v in fields.items()})
-
-
-def test_run_saved_with_kd_fraction_is_reused(tmp_path):
+def test_saved_run_is_reused_only_under_its_own_key(tmp_path):
     cfg = BenchmarkConfig(max_steps=100, kd_steps=0.4, output_dir=str(tmp_path), seeds=[0])
     bench = Benchmark(cfg)
     path = bench._run_path(0, "salt")
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"key": _legacy_key(bench, "salt"), "teacher_seed": 0, "arm": "salt"}))
+    path.write_text(json.dumps({"key": bench.run_key("salt"), "teacher_seed": 0, "arm": "salt"}))
     assert bench._saved_run(0, "salt", 0)["arm"] == "salt"
     other = Benchmark(BenchmarkConfig(max_steps=100, kd_steps=0.3, output_dir=str(tmp_path), seeds=[0]))
     assert other._saved_run(0, "salt", 0) is None  # another n_KD: trained again
     # the demo's resume reads its saved arms the same way
     model = tmp_path / "salt"
     model.mkdir()
-    path.write_text(json.dumps({"key": _legacy_key(bench, "salt"), "path": str(model)}))
-    assert demo._finished(path, bench.run_keys("salt")) is not None
-    assert demo._finished(path, other.run_keys("salt")) is None
+    path.write_text(json.dumps({"key": bench.run_key("salt"), "path": str(model)}))
+    assert demo._finished(path, {bench.run_key("salt")}) is not None
+    assert demo._finished(path, {other.run_key("salt")}) is None
 
 
 def _report_results(config_kd: dict) -> dict:
@@ -117,7 +86,7 @@ def _report_results(config_kd: dict) -> dict:
     }  # fmt: skip
 
 
-@pytest.mark.parametrize("config_kd", [{"kd_steps": 10}, {"kd_steps": 0.25}, {"kd_fraction": 0.25}])
+@pytest.mark.parametrize("config_kd", [{"kd_steps": 10}, {"kd_steps": 0.25}])
 def test_report_gives_n_kd_and_its_share_of_the_run(config_kd):
     text = report.report_markdown(_report_results(config_kd), [], "plot.png")
     assert "n_KD = 10 (25% of the steps)" in text

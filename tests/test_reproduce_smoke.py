@@ -226,20 +226,14 @@ def test_every_arm_end_to_end_through_the_cli(tmp_path):
     assert main(argv) == 0
     again = json.loads((out / "results.json").read_text())
     assert again["runs"]["0"]["salt"]["curve"] == runs["salt"]["curve"]
-    # a run saved when n_KD was called kd_fraction (its key hashed that name) is reused by the old flag too
+    # a saved run whose key is not this config's (another n_KD) is trained again, not reused
     saved = out / "runs" / "seed0" / "salt.json"
     record = json.loads(saved.read_text())
-    cfg = bench_mod.BenchmarkConfig(**{k: v for k, v in results["config"].items()})
-    fields = bench_mod.Benchmark(cfg)._run_fields("salt")
-    legacy = engine.digest({("kd_fraction" if k == "kd_steps" else k): v for k, v in fields.items()})
-    assert legacy != record["key"]
-    saved.write_text(json.dumps({**record, "key": legacy, "saved_with": "kd_fraction"}))
-    old_argv = [("--kd_fraction" if a == "--kd_steps" else a) for a in argv]
-    with pytest.warns(FutureWarning, match="--kd_fraction is deprecated; use --kd_steps"):
-        assert main(old_argv) == 0
+    saved.write_text(json.dumps({**record, "key": "another-config", "saved_with": "other"}))
+    assert main(argv) == 0
     again = json.loads((out / "results.json").read_text())
-    assert again["runs"]["0"]["salt"]["saved_with"] == "kd_fraction"  # reused, not trained again
-    assert again["config"]["kd_steps"] == 0.25 and "kd_fraction" not in again["config"]
+    assert "saved_with" not in again["runs"]["0"]["salt"]
+    assert again["runs"]["0"]["salt"]["curve"] == runs["salt"]["curve"]  # retrained: same numbers
 
 
 def test_same_data_order_in_every_arm(tmp_path):

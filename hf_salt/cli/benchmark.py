@@ -9,6 +9,5 @@ from __future__ import annotations
 
 from hf_salt.cli.parser import Command
 from hf_salt.experiments import benchmark
-from hf_salt.experiments.config import RENAMED
 
-COMMAND = Command([benchmark.BenchmarkConfig], benchmark.run, description=benchmark.__doc__, renamed=RENAMED)
+COMMAND = Command([benchmark.BenchmarkConfig], benchmark.run, description=benchmark.__doc__)

@@ -13,7 +13,6 @@ from typing import Any
 from hf_salt.checks import check_no_finished_run, check_writable
 from hf_salt.cli.parser import Command
 from hf_salt.experiments import ExperimentConfig, format_table, run_experiment
-from hf_salt.experiments.config import RENAMED
 
 SCALES: dict[str, dict] = {
     # the per-arm budget of benchmarks/configs/cpu.yaml (one seed): ~1.5-2 minutes per arm on 2 cores
@@ -101,7 +100,8 @@ def _demo_config_class() -> type:
         fields,
         bases=(ExperimentConfig,),
         namespace={
-            "__post_init__": lambda self, kd_fraction=None: self.take_renamed(kd_fraction=kd_fraction),
+            # scaled options are None until `resolve`, which builds (and so validates) the real ExperimentConfig
+            "__post_init__": lambda self: None,
             "__doc__": "ExperimentConfig for `hf-salt demo`.",
         },
     )
@@ -165,4 +165,4 @@ def run(demo: DemoArgs, given: Any) -> int:
     return 0
 
 
-COMMAND = Command([DemoArgs, DemoConfig], run, description=__doc__, renamed=RENAMED)
+COMMAND = Command([DemoArgs, DemoConfig], run, description=__doc__)

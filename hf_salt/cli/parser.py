@@ -18,8 +18,6 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
-from hf_salt.deprecation import rename_keys, rename_options
-
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON mapping of option names to values."""
@@ -46,15 +44,11 @@ def parse_args(
     argv: Sequence[str],
     prog: str | None = None,
     description: str | None = None,
-    renamed: dict[str, str] | None = None,
 ) -> tuple[Any, ...]:
     """Parse `argv` into one instance per dataclass; `--config` supplies defaults.
 
-    Unknown keys in the config file are an error (a typo must not be silently ignored). ``renamed`` maps
-    deprecated option names to current ones (on the command line and in the config file).
+    Unknown keys in the config file are an error (a typo must not be silently ignored).
     """
-    renamed = dict(renamed or {})
-    argv = rename_options(argv, renamed, prog)
     parser = HfArgumentParser(list(dataclass_types), prog=prog, description=description)
     parser.add_argument(
         "--config", type=str, default=None, help="YAML or JSON file with option values (flags override)."
@@ -74,7 +68,7 @@ def parse_args(
                 del argv[i]
                 break
     if config_path is not None:
-        values = rename_keys(load_config_file(config_path), renamed, where=config_path, stacklevel=4)
+        values = load_config_file(config_path)
         known = {action.dest for action in parser._actions}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -103,13 +97,10 @@ class Command:
     dataclass_types: Sequence[type]
     run: Callable[..., int | None]
     description: str | None = None
-    renamed: dict[str, str] | None = None  # deprecated option name -> current name
 
     def main(self, argv: Sequence[str], prog: str | None = None) -> int:
         try:
-            parsed = parse_args(
-                self.dataclass_types, argv, prog=prog, description=self.description, renamed=self.renamed
-            )
+            parsed = parse_args(self.dataclass_types, argv, prog=prog, description=self.description)
         except (ValueError, TypeError, FileNotFoundError) as err:
             print(f"{prog or 'hf-salt'}: error: {err}", file=sys.stderr)
             return 2

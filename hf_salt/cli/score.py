@@ -134,9 +134,4 @@ def run(args: ScoreArguments) -> int:
     return 0
 
 
-COMMAND = Command(
-    [ScoreArguments],
-    run,
-    description=__doc__,
-    renamed={"teacher": "teacher_model_name_or_path", "statistic": "salt_ds_statistic"},
-)
+COMMAND = Command([ScoreArguments], run, description=__doc__)

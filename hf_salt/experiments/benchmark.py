@@ -121,10 +121,10 @@ class BenchmarkConfig(SharedSettings):
         },
     )
 
-    def __post_init__(self, kd_fraction: float | None = None) -> None:
+    def __post_init__(self) -> None:
         if isinstance(self.seeds, (int, str)):
             self.seeds = [int(s) for s in re.split(r"[,\s]+", str(self.seeds)) if s]
-        super().__post_init__(kd_fraction)
+        super().__post_init__()
         if not self.seeds:
             raise ValueError("seeds must list at least one seed, e.g. --seeds 0 1.")
         if len(set(self.seeds)) != len(self.seeds):
@@ -271,7 +271,7 @@ class Benchmark(Engine):
         if not path.exists():
             return None
         record = json.loads(path.read_text())
-        if record.get("key") not in self.run_keys(arm) or record.get("teacher_seed") != tseed:
+        if record.get("key") != self.run_key(arm) or record.get("teacher_seed") != tseed:
             return None
         return record
 

@@ -7,10 +7,9 @@ resuming and reporting. The KD defaults are SALTConfig's, so the demo, the bench
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import InitVar, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-from hf_salt.deprecation import rename_keys
 from hf_salt.salt.config import SALTConfig, int_or_fraction
 from hf_salt.salt.schedules import check_kd_steps, resolve_kd_steps
 
@@ -35,10 +34,6 @@ def like(cls: type, name: str, default: Any) -> Any:
 KD_FIELDS = ("kd_weight", "kd_temperature", "kd_steps", "kd_decay_start")
 AUTO_FIELDS = ("kd_weight", "kd_temperature", "kd_auto_cap", "kd_auto_margin", "kd_auto_decay")
 HYPERCLONING_FIELDS = ("hypercloning_snr_db", "hc_learning_rate", "hc_warmup_steps")
-
-#: deprecated names of config fields -> current names: accepted as flags, config-file keys and keywords (with a
-#: FutureWarning), and in saved runs (silently, see Engine.run_keys)
-RENAMED = {"kd_fraction": "kd_steps"}
 
 
 @dataclass
@@ -110,7 +105,7 @@ class SharedSettings:
         default=salt_default("kd_steps"),
         metadata={
             "help": "n_KD: optimizer steps with KD, an integer in [1, max_steps] or a fraction in (0, 1) of "
-            "max_steps, as in SALTConfig (default: SALTConfig's). Old name: kd_fraction (deprecated)."
+            "max_steps, as in SALTConfig (default: SALTConfig's)."
         },
     )
     kd_decay_start: float | None = field(
@@ -169,23 +164,9 @@ class SharedSettings:
         },
     )
 
-    # deprecated keyword: kd_fraction=0.2 means kd_steps=0.2 (a FutureWarning says so); not a field, so not saved
-    kd_fraction: InitVar[float | None] = None
-
-    def take_renamed(self, **old: Any) -> None:
-        """Deprecated keywords (``RENAMED``) given with a value set their current field, with a FutureWarning."""
-        given = {k: v for k, v in old.items() if v is not None}
-        for name, value in rename_keys(given, RENAMED, where=type(self).__name__, stacklevel=5).items():
-            current, default = getattr(self, name), self.__dataclass_fields__[name].default
-            if current is not None and current != default:
-                old_name = next(k for k, v in RENAMED.items() if v == name)
-                raise ValueError(f"Pass {name} only ({old_name} is its deprecated name), not both.")
-            setattr(self, name, value)
-
-    def __post_init__(self, kd_fraction: float | None = None) -> None:
+    def __post_init__(self) -> None:
         from hf_salt.experiments.arms import resolve_arms
 
-        self.take_renamed(kd_fraction=kd_fraction)
         if isinstance(self.arms, str):
             self.arms = [a for a in self.arms.replace(",", " ").split() if a]
         self.arms = resolve_arms(self.arms)

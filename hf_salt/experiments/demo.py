@@ -61,7 +61,7 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     }
     for name in tqdm(config.arms, desc="arms", unit="arm", disable=config.disable_tqdm):
         saved = out / RUNS / f"seed{config.seed}" / f"{name.replace('+', '_plus_')}.json"
-        record = _finished(saved, engine.run_keys(name)) if resume else None
+        record = _finished(saved, {engine.run_key(name)}) if resume else None
         if record is None:
             saved.unlink(missing_ok=True)
             record = engine.run_arm(

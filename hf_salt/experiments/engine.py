@@ -28,7 +28,6 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import ExportableState, ProgressCallback
 
 from hf_salt.checkpoints import AtomicCheckpointTrainer
-from hf_salt.deprecation import rename_keys
 from hf_salt.experiments.arms import ARMS, ArmContext
 from hf_salt.experiments.config import ExperimentConfig
 from hf_salt.experiments.resume import checkpoint_for, remove_checkpoints
@@ -223,14 +222,6 @@ class Engine:
         """Fields that define the run of ``arm``: the shared ones plus the arm's ``depends_on`` (so a sweep of
         omega reuses one baseline)."""
         return digest(self._run_fields(arm))
-
-    def run_keys(self, arm: str) -> set[str]:
-        """The keys a saved run of ``arm`` may carry to be reused: :meth:`run_key`, and the key the same run got
-        when its fields had their old names (``RENAMED``: a run saved with ``kd_fraction`` is still found)."""
-        from hf_salt.experiments.config import RENAMED
-
-        fields = self._run_fields(arm)
-        return {digest(fields), digest(rename_keys(fields, {new: old for old, new in RENAMED.items()}))}
 
     def _run_fields(self, arm: str) -> dict[str, Any]:
         from hf_salt.experiments.config import AUTO_FIELDS, HYPERCLONING_FIELDS, KD_FIELDS

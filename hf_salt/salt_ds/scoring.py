@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hf_salt.salt.losses import logit_transform, transform_logits
+from hf_salt.salt.divergences import logit_transform, transform_logits
+from hf_salt.salt.output_path import logits_match
 
 logger = logging.getLogger(__name__)
 
@@ -221,11 +222,13 @@ class _Scorer:
         scaling would silently score wrong otherwise.) One sequence, once per call."""
         ids = input_ids[:1, :16]  # the head doesn't depend on length: keep the check cheap
         am = None if attention_mask is None else attention_mask[:1, :16]
-        ref = self.teacher(input_ids=ids, attention_mask=am, use_cache=False).logits.float()
+        ref = self.teacher(
+            input_ids=ids, attention_mask=am, use_cache=False
+        ).logits  # its dtype sets the tolerance
         ours = self.head(self._hidden(ids, am)).float()
         if self.transform is not None:
             ours = self.transform(ours)
-        ok = torch.allclose(ours, ref, rtol=1e-3, atol=1e-3 * float(ref.abs().max().clamp(min=1.0)))
+        ok = logits_match(ours, ref)  # the same rule as SALTTrainer's output-path probe
         if not ok:
             logger.warning(
                 "SALT_DS: %s's logits are not head(last_hidden_state); scoring from the full logits instead "
