@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -170,17 +170,17 @@ class StepByStepCollator:
         return n if not m else ((n + m - 1) // m) * m
 
     def _seq2seq(self, sources: Sequence[list[int]], targets: Sequence[list[int]]) -> dict[str, torch.Tensor]:
-        pad = self.tokenizer.pad_token_id
-        src_len = self._pad_len(max(len(s) for s in sources))
-        tgt_len = self._pad_len(max(1, max(len(t) for t in targets)))
-        input_ids = torch.full((len(sources), src_len), pad, dtype=torch.long)
-        attention = torch.zeros((len(sources), src_len), dtype=torch.long)
-        labels = torch.full((len(sources), tgt_len), IGNORE_INDEX, dtype=torch.long)
-        for i, (s, t) in enumerate(zip(sources, targets)):
-            input_ids[i, : len(s)] = torch.tensor(s)
-            attention[i, : len(s)] = 1
-            labels[i, : len(t)] = torch.tensor(t, dtype=torch.long)
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        """Encoder-decoder view: transformers' own seq2seq collator (inputs padded by the tokenizer, labels with
+        -100); an empty target becomes one ignored position, so the batch always has a label column."""
+        collate = DataCollatorForSeq2Seq(
+            self.tokenizer,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+            label_pad_token_id=IGNORE_INDEX,
+            return_tensors="pt",
+        )
+        rows = [{"input_ids": list(s), "labels": list(t) or [IGNORE_INDEX]} for s, t in zip(sources, targets)]
+        batch = collate(rows)
+        return {k: batch[k].long() for k in ("input_ids", "attention_mask", "labels")}
 
     def _causal(self, sources: Sequence[list[int]], targets: Sequence[list[int]]) -> dict[str, torch.Tensor]:
         pad = self.tokenizer.pad_token_id
