@@ -8,6 +8,7 @@ with an error that names nothing (a Hub repo-id error for a local path, `Safeten
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,43 @@ def _error(capsys) -> str:
 )
 def test_salt_config_refuses_silent_noops(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        SALTConfig(output_dir="unused", **kwargs)
+        SALTConfig(output_dir="unused", teacher_model_name_or_path="teacher", **kwargs)
+
+
+def test_salt_config_without_a_teacher_does_not_check_kd_against_the_run_length():
+    # the defaults (kd_steps=0.2) in a 2-step run without a teacher: nothing to refuse, there is no KD
+    assert SALTConfig(output_dir="unused", max_steps=2).kd_steps == 0.2
+    assert SALTConfig(output_dir="unused", max_steps=2).kd_settings_changed() == []
+    changed = SALTConfig(output_dir="unused", max_steps=2, kd_weight=0.9, kd_steps=2).kd_settings_changed()
+    assert changed == ["kd_weight", "kd_steps"]
+
+
+def test_pretrain_without_a_teacher_runs_with_default_kd_settings_and_warns_about_given_ones(tmp_path):
+    tiny = ["--model", "llama-tiny", "--max_steps", "2", "--block_size", "32", "--max_train_blocks", "16"]
+    tiny += ["--max_eval_blocks", "2", "--disable_tqdm", "true", "--report_to", "none"]
+    exe = Path(sys.executable).with_name("hf-salt")
+    plain = subprocess.run(
+        [str(exe), "pretrain", *tiny, "--output_dir", str(tmp_path / "a")], capture_output=True, text=True
+    )
+    assert plain.returncode == 0, plain.stderr
+    assert "do nothing" not in plain.stderr
+    flagged = subprocess.run(
+        [
+            str(exe),
+            "pretrain",
+            *tiny,
+            "--kd_weight",
+            "0.9",
+            "--kd_steps",
+            "2",
+            "--output_dir",
+            str(tmp_path / "b"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert flagged.returncode == 0, flagged.stderr
+    assert "--kd_weight, --kd_steps do nothing" in flagged.stderr
 
 
 def test_salt_config_accepts_kd_on_every_step_and_disabled_kd():
@@ -81,7 +118,10 @@ def test_pretrain_refuses_before_any_work(tmp_path, capsys):
     (finished / "model").mkdir(parents=True)
     cases = [
         (["--max_steps", "0"], "max_steps=0"),
-        (["--kd_steps", "500", "--max_steps", "3"], "more than the run's 3 steps"),
+        (
+            ["--kd_steps", "500", "--max_steps", "3", "--teacher_model_name_or_path", str(tmp_path)],
+            "more than the run's 3 steps",
+        ),
         (["--output_dir", str(a_file / "out")], "is a file, not a folder"),
         (["--output_dir", str(finished)], "already holds a finished run (model)"),
         (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,6 +120,14 @@ def check_inputs(model_args: ModelArguments, data_args: DataArguments, args: Pre
         check_model_path(args.teacher_model_name_or_path, "--teacher_model_name_or_path")
     if data_args.salt_ds and not args.teacher_model_name_or_path:
         raise ValueError("--salt_ds selects data for the KD stage: pass --teacher_model_name_or_path too.")
+    if not args.teacher_model_name_or_path:
+        ignored = args.kd_settings_changed()
+        if ignored:
+            warnings.warn(
+                f"No --teacher_model_name_or_path, so this is plain training and {', '.join('--' + n for n in ignored)} "
+                "do nothing; pass a teacher to train with SALT.",
+                stacklevel=2,
+            )
 
 
 def _salt_ds_collator(data_args: DataArguments, args: PretrainArguments, vocab_size: int):
