@@ -173,4 +173,4 @@ class _GrowCommand(Command):
         return super().main([x for pair in zip(flags, positional) for x in pair] + argv, prog=prog)
 
 
-COMMAND = _GrowCommand([GrowArguments], run, description=__doc__)
+COMMAND = _GrowCommand([GrowArguments], run, description=__doc__, output_option="dst")

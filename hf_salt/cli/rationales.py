@@ -93,4 +93,4 @@ def run(a: RationaleArguments) -> int:
     return 0
 
 
-COMMAND = Command([RationaleArguments], run, description=__doc__)
+COMMAND = Command([RationaleArguments], run, description=__doc__, output_option="output")
