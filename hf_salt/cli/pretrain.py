@@ -11,13 +11,19 @@ from __future__ import annotations
 import math
 import shutil
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import Trainer, default_data_collator
 
-from hf_salt.checkpoints import RESUME_HELP, AtomicCheckpointTrainer, check_fresh_start, resolve_resume
+from hf_salt.checkpoints import (
+    ALLOW_CHANGED_HELP,
+    RESUME_HELP,
+    AtomicCheckpointTrainer,
+    check_fresh_start,
+    resolve_resume,
+)
 from hf_salt.checks import (
     check_model_path,
     check_no_finished_run,
@@ -107,6 +113,7 @@ class PretrainArguments(SALTConfig):
         default=False,
         metadata={"help": "Allow an output_dir that already holds a finished run (its model is replaced)."},
     )
+    allow_changed_settings: bool = field(default=False, metadata={"help": ALLOW_CHANGED_HELP})
 
 
 FINISHED_RUN = ("model", "all_results.json")  # what a finished `hf-salt pretrain` leaves in output_dir
@@ -206,13 +213,14 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Pre
         trainer: Trainer = SALTTrainer(**kwargs)
     else:
         trainer = AtomicCheckpointTrainer(**kwargs)
+    # what decides the result besides the training arguments: checked against the checkpoint on resume
+    trainer.run_settings = {**asdict(model_args), **asdict(data_args)}
+    trainer.run_settings.pop("max_eval_blocks")
+    trainer.allow_changed_settings = training_args.allow_changed_settings
     trainer.train(resume_from_checkpoint=resume)
     metrics = trainer.evaluate()
     ppl = math.exp(min(metrics["eval_loss"], 50.0))
     trainer.log_metrics("eval", {**metrics, "perplexity": ppl})
-    trainer.save_metrics(
-        "eval", {**metrics, "perplexity": ppl}
-    )  # output_dir/eval_results.json, beside model/
     if training_args.teacher_model_name_or_path:
         trainer.create_model_card(  # output_dir/README.md, copied into the model folder below
             model_name=Path(training_args.output_dir).name,
@@ -226,6 +234,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Pre
             card = Path(training_args.output_dir) / "README.md"
             if card.exists():
                 shutil.copy(card, tmp / "README.md")
+    # output_dir/eval_results.json and all_results.json, beside model/: written last, as they mark the run finished
+    trainer.save_metrics("eval", {**metrics, "perplexity": ppl})
+    if trainer.is_world_process_zero():
         print(f"validation loss {metrics['eval_loss']:.4f}  perplexity {ppl:.2f}  model saved to {out}")
     return 0
 
