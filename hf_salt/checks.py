@@ -131,6 +131,79 @@ def check_causal_lm(model_or_config: Any, what: str = "the model") -> None:
         )
 
 
+# --------------------------------------------------------------------------------------------------- tokenizers
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+_SPECIAL = ("bos_token", "eos_token", "unk_token", "pad_token")
+
+
+def tokenizer_differences(ours: Any, theirs: Any) -> tuple[list[str], list[str]]:
+    """(vocabulary differences, special-token differences) between two tokenizers, each one named.
+
+    The vocabulary is what KD and a token-id dataset depend on (the same id must mean the same token); special
+    tokens that differ over one vocabulary (a pad token set in one folder only) do not change the ids.
+    """
+    va, vb = ours.get_vocab(), theirs.get_vocab()
+    vocab = []
+    if len(va) != len(vb):
+        vocab.append(f"{len(va)} vs {len(vb)} tokens")
+    moved = sorted(t for t, i in va.items() if vb.get(t) != i)
+    if moved:
+        examples = ", ".join(f"{t!r} is id {va[t]} vs {vb.get(t)}" for t in moved[:3])
+        vocab.append(f"{len(moved)} of {len(va)} tokens have another id or are missing ({examples})")
+    special = [
+        f"{name} {getattr(ours, name, None)!r} vs {getattr(theirs, name, None)!r}"
+        for name in _SPECIAL
+        if getattr(ours, name, None) != getattr(theirs, name, None)
+    ]
+    return vocab, special
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """sha256 of the vocabulary (token -> id): equal for tokenizers that give every token the same id."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
+
+
+def check_model_tokenizer(tokenizer: Any, model_or_path: Any, what: str = "the teacher") -> None:
+    """Refuse a model whose folder ships a tokenizer other than the run's: KD compares the two models' token
+    probabilities id by id, so an id must mean the same token to both. Special tokens that differ over one
+    vocabulary get a warning. Nothing to compare (no tokenizer given, a model without a local folder or without
+    tokenizer files) passes."""
+    import warnings
+
+    if tokenizer is None or not hasattr(tokenizer, "get_vocab"):
+        return
+    path = model_or_path if isinstance(model_or_path, (str, os.PathLike)) else None
+    if path is None:
+        path = getattr(getattr(model_or_path, "config", None), "_name_or_path", None) or None
+    folder = Path(path).expanduser() if path else None
+    if folder is None or not folder.is_dir() or not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        return
+    from transformers import AutoTokenizer
+
+    try:
+        theirs = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as err:  # a folder whose tokenizer files do not load: say we could not compare
+        warnings.warn(
+            f"{what}: the tokenizer in {str(folder)!r} does not load ({err}); not compared.", stacklevel=3
+        )
+        return
+    vocab, special = tokenizer_differences(tokenizer, theirs)
+    if vocab:
+        raise ValueError(
+            f"{what} ({str(folder)!r}) ships another tokenizer than the run's: {'; '.join(vocab)}. KD compares "
+            "the models' predictions token id by token id, so both must use one tokenizer: pick a teacher "
+            "trained with the run's tokenizer, or run with the teacher's tokenizer."
+        )
+    if special:
+        warnings.warn(
+            f"{what} ({str(folder)!r}) ships the run's vocabulary with other special tokens: {'; '.join(special)}.",
+            stacklevel=3,
+        )
+
+
 @contextlib.contextmanager
 def naming_corrupt_files(path: str | os.PathLike, what: str = "the model") -> Iterator[None]:
     """Re-raise a safetensors / Arrow read error as a `ValueError` naming the damaged file under `path`."""

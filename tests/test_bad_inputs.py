@@ -16,6 +16,7 @@ import torch
 from datasets import Dataset
 
 from hf_salt.cli.main import main
+from hf_salt.data import load_tokenizer
 from hf_salt.salt.config import SALTConfig
 from hf_salt.salt.schedules import KDScheduleCallback
 from hf_salt.zoo import build_model
@@ -262,7 +263,75 @@ def test_truncated_arrow_for_salt_ds_is_named(tmp_path):
         output_dir=str(tmp_path / "o"), teacher_model_name_or_path="llama-tiny", max_steps=4
     )
     with pytest.raises(ValueError, match=f"{arrow.name}' is truncated or corrupt"):
-        _salt_ds_collator(data, args, 128)
+        _salt_ds_collator(data, args, load_tokenizer())
+
+
+def _swapped_tokenizer(folder: Path) -> Path:
+    """The shipped tokenizer with two token ids swapped: same size and special tokens, other meaning."""
+    import json
+
+    load_tokenizer().save_pretrained(folder)
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    by_id = {i: t for t, i in vocab.items()}
+    a, b = by_id[1000], by_id[2000]
+    vocab[a], vocab[b] = 2000, 1000
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    return folder
+
+
+def test_teacher_folder_with_another_tokenizer_is_refused_naming_the_difference(tmp_path):
+    from hf_salt import SALTTrainer
+
+    tok = load_tokenizer()
+    teacher = tmp_path / "teacher"
+    build_model("llama-tiny", vocab_size=len(tok), seed=1).save_pretrained(teacher)
+    _swapped_tokenizer(teacher)
+    args = SALTConfig(output_dir=str(tmp_path / "o"), max_steps=4, kd_steps=2, use_cpu=True, report_to="none")
+    student = build_model("llama-tiny", vocab_size=len(tok))
+    with pytest.raises(
+        ValueError, match=r"ships another tokenizer than the run's: 2 of 8192 tokens have another id"
+    ):
+        SALTTrainer(model=student, args=args, teacher_model=str(teacher), processing_class=tok)
+    # the same vocabulary with another pad token: legitimate, a warning names it
+    other_pad = load_tokenizer()
+    other_pad.pad_token = other_pad.eos_token
+    other_pad.save_pretrained(teacher)
+    with pytest.warns(UserWarning, match="other special tokens: pad_token '<|pad|>' vs '<|endoftext|>'"):
+        SALTTrainer(model=student, args=args, teacher_model=str(teacher), processing_class=tok)
+
+
+def test_salt_ds_scored_with_another_tokenizer_is_refused(tmp_path, capsys):
+    from hf_salt.cli.pretrain import (
+        DataArguments,
+        PretrainArguments,
+        _salt_ds_collator,
+        check_scored_tokenizer,
+    )
+
+    other = _swapped_tokenizer(tmp_path / "other")
+    scored = tmp_path / "scored"
+    argv = ["score", "--teacher_model_name_or_path", "llama-tiny", "--corpus", "tinyshakespeare"]
+    argv += [
+        "--block_size",
+        "16",
+        "--max_blocks",
+        "8",
+        "--output_dir",
+        str(scored),
+        "--tokenizer",
+        str(other),
+    ]
+    assert main(argv) == 0, _error(capsys)
+    data = DataArguments(salt_ds=str(scored), block_size=16)
+    args = PretrainArguments(
+        output_dir=str(tmp_path / "o"), teacher_model_name_or_path="llama-tiny", max_steps=4, kd_steps=1
+    )
+    with pytest.raises(ValueError, match="was tokenized by another tokenizer .* than this run's"):
+        _salt_ds_collator(data, args, load_tokenizer())
+    check_scored_tokenizer(
+        str(scored), load_tokenizer(str(other))
+    )  # the tokenizer it was scored with: accepted
 
 
 def test_score_and_rationales_refuse_bad_paths_before_any_work(tmp_path, capsys):

@@ -8,6 +8,7 @@ does `--config file.yaml`.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import warnings
@@ -137,7 +138,29 @@ def check_inputs(model_args: ModelArguments, data_args: DataArguments, args: Pre
             )
 
 
-def _salt_ds_collator(data_args: DataArguments, args: PretrainArguments, vocab_size: int):
+def check_scored_tokenizer(salt_ds: str, tokenizer) -> None:
+    """Refuse a scored dataset whose token ids come from another tokenizer than the run's."""
+    from hf_salt.checks import tokenizer_fingerprint
+    from hf_salt.cli.score import SCORED_WITH
+
+    record = Path(salt_ds) / SCORED_WITH
+    if not record.is_file():
+        warnings.warn(
+            f"--salt_ds {salt_ds!r} does not say which tokenizer made its token ids (scored by an older hf-salt); "
+            "make sure it is the run's tokenizer.",
+            stacklevel=2,
+        )
+        return
+    scored_with = json.loads(record.read_text())
+    if scored_with.get("vocab_sha256") != tokenizer_fingerprint(tokenizer):
+        raise ValueError(
+            f"--salt_ds {salt_ds!r} was tokenized by another tokenizer ({scored_with.get('tokenizer')!r}) than "
+            "this run's (--tokenizer): its token ids would mean other tokens. Score the corpus with the run's "
+            "tokenizer (hf-salt score --tokenizer ...), or train with the scored dataset's tokenizer."
+        )
+
+
+def _salt_ds_collator(data_args: DataArguments, args: PretrainArguments, tokenizer):
     """Load the scored dataset and pick the KD-stage pool (n_KD x global batch blocks)."""
     from datasets import load_from_disk
 
@@ -147,6 +170,8 @@ def _salt_ds_collator(data_args: DataArguments, args: PretrainArguments, vocab_s
         raise FileNotFoundError(
             f"--salt_ds {data_args.salt_ds!r} is not a folder written by `hf-salt score`."
         )
+    check_scored_tokenizer(data_args.salt_ds, tokenizer)
+    vocab_size = len(tokenizer)
     with naming_corrupt_files(data_args.salt_ds, "--salt_ds"):
         scored = load_from_disk(data_args.salt_ds)
         first = len(scored[0]["input_ids"]) if len(scored) else None  # reads the data, not just the header
@@ -181,7 +206,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Pre
     corpus = load_corpus(data_args.corpus)
     collator = default_data_collator
     if data_args.salt_ds:
-        collator = _salt_ds_collator(data_args, training_args, len(tokenizer))
+        collator = _salt_ds_collator(data_args, training_args, tokenizer)
     train = pack_dataset(corpus["train"], tokenizer, data_args.block_size)
     evaluation = pack_dataset(corpus["validation"], tokenizer, data_args.block_size)
     if data_args.max_train_blocks:

@@ -24,7 +24,7 @@ from torch.utils.data import SequentialSampler
 from transformers import PreTrainedModel, Trainer
 from transformers.utils import logging
 
-from hf_salt.checks import check_causal_lm, check_positions
+from hf_salt.checks import check_causal_lm, check_model_tokenizer, check_positions
 from hf_salt.data.sft import prepare_trainer_data
 from hf_salt.salt.config import SALTConfig
 from hf_salt.salt.losses import KDLossOutput, fused_kd_loss, logit_transform
@@ -146,6 +146,7 @@ class SALTTrainer(TrainerBase, Trainer):
             raise ValueError(
                 "SALTTrainer needs a teacher: pass teacher_model=... or set teacher_model_name_or_path."
             )
+        check_model_tokenizer(kwargs.get("processing_class"), teacher, "the teacher")  # before loading it
         teacher = self._load_teacher(teacher, args)
         check_causal_lm(teacher, "the teacher")
 
