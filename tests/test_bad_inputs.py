@@ -334,6 +334,34 @@ def test_salt_ds_scored_with_another_tokenizer_is_refused(tmp_path, capsys):
     )  # the tokenizer it was scored with: accepted
 
 
+def test_kd_off_with_a_teacher_warns_and_does_not_load_it(tmp_path):
+    tok = load_tokenizer()
+    teacher = tmp_path / "teacher"
+    build_model("llama-tiny", vocab_size=len(tok), seed=1).save_pretrained(teacher)
+    weights = teacher / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # loading it would fail: the run shows it is never loaded
+    argv = ["--model", "llama-tiny", "--max_steps", "2", "--block_size", "32", "--max_train_blocks", "16"]
+    argv += ["--max_eval_blocks", "2", "--disable_tqdm", "true", "--report_to", "none"]
+    argv += [
+        "--teacher_model_name_or_path",
+        str(teacher),
+        "--kd_weight",
+        "0",
+        "--output_dir",
+        str(tmp_path / "o"),
+    ]
+    run = subprocess.run(
+        [str(Path(sys.executable).with_name("hf-salt")), "pretrain", *argv], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert "--kd_weight 0 turn KD off, so the teacher" in run.stderr and "plain" in run.stdout
+    args = SALTConfig(output_dir=str(tmp_path / "p"), max_steps=2, kd_steps=0, use_cpu=True, report_to="none")
+    with pytest.warns(UserWarning, match="KD is off, so the teacher is loaded and never run"):
+        from hf_salt import SALTTrainer
+
+        SALTTrainer(model=build_model("llama-tiny"), args=args, teacher_model=build_model("llama-tiny"))
+
+
 def test_score_and_rationales_refuse_bad_paths_before_any_work(tmp_path, capsys):
     a_file = tmp_path / "file"
     a_file.write_text("x")

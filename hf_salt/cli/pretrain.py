@@ -160,6 +160,21 @@ def check_scored_tokenizer(salt_ds: str, tokenizer) -> None:
         )
 
 
+def _drop_unused_teacher(data_args: DataArguments, args: PretrainArguments) -> None:
+    """KD switched off (kd_weight 0 or kd_steps 0) with a teacher: the teacher would be loaded and never run, so
+    say so and train without it (plain training). With --salt_ds the KD-stage data still needs it."""
+    if not args.teacher_model_name_or_path or data_args.salt_ds:
+        return
+    off = [f"--{name} 0" for name in ("kd_weight", "kd_steps") if getattr(args, name) == 0]
+    if off:
+        warnings.warn(
+            f"{' and '.join(off)} turn KD off, so the teacher {args.teacher_model_name_or_path!r} would never be "
+            "used: it is not loaded, and this run is plain training.",
+            stacklevel=2,
+        )
+        args.teacher_model_name_or_path = None
+
+
 def _salt_ds_collator(data_args: DataArguments, args: PretrainArguments, tokenizer):
     """Load the scored dataset and pick the KD-stage pool (n_KD x global batch blocks)."""
     from datasets import load_from_disk
@@ -198,6 +213,7 @@ def _salt_ds_collator(data_args: DataArguments, args: PretrainArguments, tokeniz
 
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: PretrainArguments) -> int:
     check_inputs(model_args, data_args, training_args)
+    _drop_unused_teacher(data_args, training_args)
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     check_fresh_start(training_args.output_dir, resume, training_args.overwrite_output_dir)
     tokenizer = load_tokenizer(model_args.tokenizer)

@@ -189,9 +189,10 @@ class SALTConfig(SFTDataArguments, TrainingArguments):
             raise ValueError(
                 f"kd_steps must be >= 0 (steps) or in (0, 1) (fraction of max_steps), got {self.kd_steps}."
             )
-        if self.max_steps > 0 and self.teacher_model_name_or_path:
+        if self.max_steps > 0 and self.teacher_model_name_or_path and self.kd_weight > 0:
             # without a teacher path (plain training, or a teacher passed to SALTTrainer as a model) n_KD is
-            # checked when training starts, by KDScheduleCallback.resolve, and only if there is a teacher
+            # checked when training starts, by KDScheduleCallback.resolve, and only if there is a teacher;
+            # with kd_weight=0 KD is off whatever kd_steps says
             check_kd_steps(self.kd_steps, self.max_steps)
         if self.kd_schedule not in SCHEDULES:
             raise ValueError(f"kd_schedule must be one of {tuple(SCHEDULES)}, got {self.kd_schedule!r}.")

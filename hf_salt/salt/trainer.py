@@ -147,6 +147,12 @@ class SALTTrainer(TrainerBase, Trainer):
                 "SALTTrainer needs a teacher: pass teacher_model=... or set teacher_model_name_or_path."
             )
         check_model_tokenizer(kwargs.get("processing_class"), teacher, "the teacher")  # before loading it
+        if kd_schedule is None and (args.kd_weight == 0 or args.kd_steps == 0):
+            warnings.warn(
+                f"kd_weight={args.kd_weight}, kd_steps={args.kd_steps}: KD is off, so the teacher is loaded and "
+                "never run; train with a plain Trainer (or hf-salt pretrain, which then skips the teacher).",
+                stacklevel=2,
+            )
         teacher = self._load_teacher(teacher, args)
         check_causal_lm(teacher, "the teacher")
 
