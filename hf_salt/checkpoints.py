@@ -288,6 +288,12 @@ class AtomicCheckpointMixin:
         )
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        from hf_salt.checks import check_finite
+
+        check_finite(self.model, "the model to train")  # type: ignore[attr-defined]
+        teacher = getattr(self, "teacher_model", None)
+        if teacher is not None and hasattr(teacher, "named_parameters"):
+            check_finite(teacher, "the teacher")
         if resume_from_checkpoint:
             folder = resume_from_checkpoint
             if folder is True:

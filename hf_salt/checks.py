@@ -129,6 +129,40 @@ def check_causal_lm(model_or_config: Any, what: str = "the model") -> None:
             f"{what} is a {config.model_type} model ({arch}), not a causal language model: it must be a "
             "decoder-only *ForCausalLM model (Llama, GPT-2, Qwen, ...)."
         )
+    if _bidirectional(config):
+        raise ValueError(
+            f"{what} is a {config.model_type} model, an encoder with bidirectional attention (is_decoder=False): "
+            "its causal-LM class would see the tokens it predicts. It must be a decoder-only *ForCausalLM model "
+            "(Llama, GPT-2, Qwen, ...)."
+        )
+
+
+def _bidirectional(config: Any) -> bool:
+    """An encoder family (BERT, RoBERTa, ...: it has a masked-LM head) whose causal-LM class attends both ways
+    unless the config says is_decoder=True. Such a folder without `architectures` passes the causal-LM mapping."""
+    from transformers import MODEL_FOR_MASKED_LM_MAPPING
+
+    if type(config) not in MODEL_FOR_MASKED_LM_MAPPING:
+        return False
+    return not getattr(config, "is_decoder", False) and not getattr(config, "causal", False)
+
+
+def check_finite(model: Any, what: str = "the model") -> None:
+    """Refuse a model with NaN or inf weights (named): training it gives NaN losses, growing it a NaN clone,
+    and neither says why. One pass over the weights, before any work."""
+    import torch
+
+    bad = []
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.numel() and p.is_floating_point() and not bool(torch.isfinite(p).all()):
+                bad.append(name)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ValueError(
+            f"{what} has NaN or inf weights in {', '.join(bad[:3])}{more}: it cannot be trained or grown. Use "
+            "the checkpoint it came from before it diverged, or train it again (e.g. with a lower learning rate)."
+        )
 
 
 # --------------------------------------------------------------------------------------------------- tokenizers

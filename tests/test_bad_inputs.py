@@ -213,6 +213,54 @@ def test_non_causal_models_are_refused_in_one_line(tmp_path):
         SALTTrainer(model=t5, args=args, teacher_model=build_model("llama-tiny"))
 
 
+def _bert_without_architectures(folder: Path) -> Path:
+    import json
+
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig(vocab_size=8192, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+    config.intermediate_size = 64
+    BertForMaskedLM(config).save_pretrained(folder)
+    spec = json.loads((folder / "config.json").read_text())
+    spec.pop("architectures", None)  # as in a folder written by hand or by another tool
+    (folder / "config.json").write_text(json.dumps(spec))
+    return folder
+
+
+def test_bert_folder_without_architectures_is_not_taken_for_a_causal_lm(tmp_path, capsys):
+    from hf_salt.zoo import load_model
+
+    bert = _bert_without_architectures(tmp_path / "bert")
+    match = "is a bert model, an encoder with bidirectional attention"
+    with pytest.raises(ValueError, match=match):  # a KD teacher (BertLMHeadModel, bidirectional) before
+        load_model(str(bert), flag="the teacher", causal=True)
+    with pytest.raises(ValueError, match=match):  # the distill-step-by-step task model
+        load_model(str(bert))
+    assert main(["grow", str(bert), str(tmp_path / "grown")]) == 2  # "OK; saved" before
+    assert match in _error(capsys)
+    assert not (tmp_path / "grown").exists()
+
+
+def test_models_with_nan_or_inf_weights_are_refused_by_name(tmp_path, capsys):
+    tok = load_tokenizer()
+    model = build_model("llama-tiny", vocab_size=len(tok))
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
+    model.save_pretrained(tmp_path / "nan")
+    assert main(["grow", str(tmp_path / "nan"), str(tmp_path / "grown")]) == 2  # "verify: nan ... OK" before
+    assert "has NaN or inf weights in model.layers.0.mlp.up_proj.weight" in _error(capsys)
+    assert not (tmp_path / "grown").exists()
+    inf = build_model("llama-tiny", vocab_size=len(tok))
+    with torch.no_grad():
+        inf.model.embed_tokens.weight[5] = float("inf")
+    inf.save_pretrained(tmp_path / "inf")
+    argv = ["pretrain", "--model", str(tmp_path / "inf"), "--max_steps", "2", "--block_size", "32"]
+    argv += ["--max_train_blocks", "16", "--max_eval_blocks", "2", "--output_dir", str(tmp_path / "o")]
+    assert main(argv) == 2  # trained to validation loss nan and exited 0 before
+    assert "the model to train has NaN or inf weights in model.embed_tokens.weight" in _error(capsys)
+    assert not (tmp_path / "o" / "model").exists()
+
+
 def test_salt_trainer_refuses_sequences_longer_than_the_positions(tmp_path):
     from hf_salt.salt.trainer import SALTTrainer
 
