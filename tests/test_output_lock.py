@@ -154,3 +154,21 @@ def test_the_lock_is_taken_over_from_a_dead_holder_and_child_processes_share_it(
     with hold_output(out):  # free again
         pass
     assert issubclass(OutputInUse, ValueError)  # the CLI prints it as an error, without a traceback
+
+
+def test_a_full_disk_is_reported_in_one_line_without_a_traceback(tmp_path, capsys, monkeypatch):
+    """The write itself is simulated (no test fills a disk): the error a full disk raises, from inside a run."""
+    import errno
+
+    from hf_salt.cli import grow
+    from hf_salt.cli.main import main
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "grown" / "model.safetensors"))
+
+    monkeypatch.setattr(grow, "run", full)
+    monkeypatch.setattr(grow.COMMAND, "run", full)
+    assert main(["grow", "llama-tiny", str(tmp_path / "grown")]) == 1
+    err = capsys.readouterr().err
+    assert "no space left on the device while writing" in err and "model.safetensors" in err
+    assert "Traceback" not in err and not lock_path(tmp_path / "grown").exists()  # the lock is released

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -135,6 +136,17 @@ class Command:
                 f"{prog or 'hf-salt'}: error: {err}\n(set HF_SALT_DEBUG=1 for the traceback)", file=sys.stderr
             )
             return 2
+        except OSError as err:
+            if err.errno != errno.ENOSPC or os.environ.get("HF_SALT_DEBUG"):
+                raise
+            print(
+                f"{prog or 'hf-salt'}: error: no space left on the device while writing "
+                f"{err.filename or 'the output'}. Outputs are written whole or not at all, so the previous one (if "
+                "any) is intact and the latest complete checkpoint can be resumed (--resume_from_checkpoint "
+                "latest); free some space and rerun.",
+                file=sys.stderr,
+            )
+            return 1
 
     def _hold(self, parsed: Sequence[Any], prog: str | None) -> contextlib.AbstractContextManager:
         """Hold the output for the whole run, on the main process only (the ranks of one distributed run
