@@ -40,6 +40,8 @@ _LAZY: dict[str, str] = {
     "AtomicCheckpointTrainer": "hf_salt.checkpoints",
     "latest_complete_checkpoint": "hf_salt.checkpoints",
     "resolve_resume": "hf_salt.checkpoints",
+    "hold_output": "hf_salt.io",
+    "OutputInUse": "hf_salt.io",
     # data and models
     "load_corpus": "hf_salt.data",
     "load_tokenizer": "hf_salt.data",

@@ -156,6 +156,72 @@ def check_fresh_start(output_dir: str | Path | None, resume: str | None, overwri
         )
 
 
+# ----------------------------------------------------------------------------------- resume with the same settings
+RUN_SETTINGS = "hf_salt_settings.json"  # in each checkpoint: the settings that decide the run's result
+ALLOW_CHANGED_HELP = (
+    "Resume even though settings that decide the result (learning rate, schedule, KD settings, teacher weights, "
+    "block size, max_steps, seed, ...) differ from the checkpoint's; the run then matches neither setting."
+)
+# TrainingArguments fields that change what training computes; the others (logging, saving, evaluation,
+# reporting, output paths, dataloader workers) do not change the weights
+_RESULT_ARGS = (
+    "seed", "data_seed", "full_determinism", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2",
+    "adam_epsilon", "max_grad_norm", "num_train_epochs", "max_steps", "lr_scheduler_type", "lr_scheduler_kwargs",
+    "warmup_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "optim", "optim_args", "bf16",
+    "fp16", "label_smoothing_factor", "train_sampling_strategy", "average_tokens_across_devices",
+    "neftune_noise_alpha",
+)  # fmt: skip
+# fields of hf-salt's own configs that change memory or speed, or how a run is started, not its result
+_NOT_RESULT = frozenset(
+    {
+        "overwrite_output_dir",
+        "resume_from_checkpoint",
+        "allow_changed_settings",
+        "teacher_offload_after_kd",
+        "teacher_sharding",
+        "kd_chunk_size",
+        "kd_loss_backend",
+    }
+)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _weights_fingerprint(folder: str) -> str | None:
+    """sha256 of a local model folder's weight files (None for a Hub id): a teacher replaced in place shows."""
+    import hashlib
+
+    path = Path(folder).expanduser()
+    files = sorted(p for p in path.glob("*") if p.suffix in (".safetensors", ".bin") and p.is_file())
+    if not path.is_dir() or not files:
+        return None
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode())
+        with file.open("rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    same_teacher = saved.get("teacher_weights") is not None and saved.get("teacher_weights") == now.get(
+        "teacher_weights"
+    )
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        if key == "teacher_model_name_or_path" and same_teacher:
+            continue  # the same teacher weights, moved
+        if saved.get(key) != now.get(key):
+            if key == "teacher_weights":
+                out.append("teacher weights (the files in the teacher folder differ)")
+            else:
+                out.append(f"{key}: {saved.get(key)!r} in the checkpoint, {now.get(key)!r} now")
+    return out
+
+
 def _staging_name(step: int) -> str:
     return f"{_STAGING_PREFIX}{step}{_STAGING_SUFFIX}"
 
@@ -170,6 +236,71 @@ class AtomicCheckpointMixin:
     """
 
     _hf_salt_staging: str | None = None
+    # settings that decide the result but are not in `args` (the CLI adds model, corpus, block size, ...)
+    run_settings: dict[str, Any] | None = None
+    # resume even when the settings differ from the checkpoint's (a warning names them instead of an error)
+    allow_changed_settings: bool = False
+    _hf_salt_teacher_fingerprint: tuple[str, str | None] | None = None
+
+    def result_settings(self) -> dict[str, Any]:
+        """What decides this run's result: the result-changing `TrainingArguments`, every field hf-salt's config
+        adds (KD, teacher, data preparation), the teacher's weights and :attr:`run_settings`."""
+        from dataclasses import fields
+
+        from transformers import TrainingArguments
+
+        base = {f.name for f in fields(TrainingArguments)}
+        args = self.args  # type: ignore[attr-defined]
+        settings = {name: getattr(args, name) for name in _RESULT_ARGS if hasattr(args, name)}
+        for f in fields(args):
+            if f.name not in base and f.name not in _NOT_RESULT and not f.name.startswith("_"):
+                settings[f.name] = getattr(args, f.name)
+        teacher = getattr(args, "teacher_model_name_or_path", None)
+        if isinstance(teacher, str):
+            cached = self._hf_salt_teacher_fingerprint
+            if cached is None or cached[0] != teacher:
+                cached = self._hf_salt_teacher_fingerprint = (teacher, _weights_fingerprint(teacher))
+            settings["teacher_weights"] = cached[1]
+        settings.update(self.run_settings or {})
+        return _jsonable(settings)
+
+    def check_resume_settings(self, checkpoint: str | os.PathLike) -> None:
+        """Refuse to resume with settings that differ from the checkpoint's (each one named), unless
+        :attr:`allow_changed_settings`: a resumed run promises the result of an uninterrupted one."""
+        path = Path(checkpoint) / RUN_SETTINGS
+        if not path.is_file():
+            logger.warning(
+                f"{checkpoint} does not record its run's settings ({RUN_SETTINGS}: saved by another trainer or "
+                "an older hf-salt); resuming without checking that they match."
+            )
+            return
+        differ = _differences(json.loads(path.read_text()), self.result_settings())
+        if not differ:
+            return
+        listed = "; ".join(differ)
+        if self.allow_changed_settings:
+            logger.warning(f"Resuming from {checkpoint} with changed settings (allowed): {listed}.")
+            return
+        raise ValueError(
+            f"Resuming from {checkpoint} with settings that differ from the checkpoint's: {listed}. A resumed "
+            "run continues the checkpoint's run exactly only with the same settings: pass them as before, or "
+            "--allow_changed_settings to continue with the new ones (or start a new run in another folder)."
+        )
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        from hf_salt.checks import check_finite
+
+        check_finite(self.model, "the model to train")  # type: ignore[attr-defined]
+        teacher = getattr(self, "teacher_model", None)
+        if teacher is not None and hasattr(teacher, "named_parameters"):
+            check_finite(teacher, "the teacher")
+        if resume_from_checkpoint:
+            folder = resume_from_checkpoint
+            if folder is True:
+                folder = latest_complete_checkpoint(self.args.output_dir)  # type: ignore[attr-defined]
+            if folder:
+                self.check_resume_settings(folder)
+        return super().train(resume_from_checkpoint, *args, **kwargs)  # type: ignore[misc]
 
     def _get_output_dir(self, trial: Any) -> str:
         if self._hf_salt_staging is not None:
@@ -203,6 +334,7 @@ class AtomicCheckpointMixin:
             self._hf_salt_staging = None
         accelerator.wait_for_everyone()
         if self.args.should_save:
+            (staging / name / RUN_SETTINGS).write_text(json.dumps(self.result_settings(), indent=1))
             final = run_dir / name
             if self.state.best_model_checkpoint == str(staging / name):
                 self.state.best_model_checkpoint = str(final)  # the Trainer saw the staged copy

@@ -129,6 +129,113 @@ def check_causal_lm(model_or_config: Any, what: str = "the model") -> None:
             f"{what} is a {config.model_type} model ({arch}), not a causal language model: it must be a "
             "decoder-only *ForCausalLM model (Llama, GPT-2, Qwen, ...)."
         )
+    if _bidirectional(config):
+        raise ValueError(
+            f"{what} is a {config.model_type} model, an encoder with bidirectional attention (is_decoder=False): "
+            "its causal-LM class would see the tokens it predicts. It must be a decoder-only *ForCausalLM model "
+            "(Llama, GPT-2, Qwen, ...)."
+        )
+
+
+def _bidirectional(config: Any) -> bool:
+    """An encoder family (BERT, RoBERTa, ...: it has a masked-LM head) whose causal-LM class attends both ways
+    unless the config says is_decoder=True. Such a folder without `architectures` passes the causal-LM mapping."""
+    from transformers import MODEL_FOR_MASKED_LM_MAPPING
+
+    if type(config) not in MODEL_FOR_MASKED_LM_MAPPING:
+        return False
+    return not getattr(config, "is_decoder", False) and not getattr(config, "causal", False)
+
+
+def check_finite(model: Any, what: str = "the model") -> None:
+    """Refuse a model with NaN or inf weights (named): training it gives NaN losses, growing it a NaN clone,
+    and neither says why. One pass over the weights, before any work."""
+    import torch
+
+    bad = []
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.numel() and p.is_floating_point() and not bool(torch.isfinite(p).all()):
+                bad.append(name)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ValueError(
+            f"{what} has NaN or inf weights in {', '.join(bad[:3])}{more}: it cannot be trained or grown. Use "
+            "the checkpoint it came from before it diverged, or train it again (e.g. with a lower learning rate)."
+        )
+
+
+# --------------------------------------------------------------------------------------------------- tokenizers
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+_SPECIAL = ("bos_token", "eos_token", "unk_token", "pad_token")
+
+
+def tokenizer_differences(ours: Any, theirs: Any) -> tuple[list[str], list[str]]:
+    """(vocabulary differences, special-token differences) between two tokenizers, each one named.
+
+    The vocabulary is what KD and a token-id dataset depend on (the same id must mean the same token); special
+    tokens that differ over one vocabulary (a pad token set in one folder only) do not change the ids.
+    """
+    va, vb = ours.get_vocab(), theirs.get_vocab()
+    vocab = []
+    if len(va) != len(vb):
+        vocab.append(f"{len(va)} vs {len(vb)} tokens")
+    moved = sorted(t for t, i in va.items() if vb.get(t) != i)
+    if moved:
+        examples = ", ".join(f"{t!r} is id {va[t]} vs {vb.get(t)}" for t in moved[:3])
+        vocab.append(f"{len(moved)} of {len(va)} tokens have another id or are missing ({examples})")
+    special = [
+        f"{name} {getattr(ours, name, None)!r} vs {getattr(theirs, name, None)!r}"
+        for name in _SPECIAL
+        if getattr(ours, name, None) != getattr(theirs, name, None)
+    ]
+    return vocab, special
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """sha256 of the vocabulary (token -> id): equal for tokenizers that give every token the same id."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
+
+
+def check_model_tokenizer(tokenizer: Any, model_or_path: Any, what: str = "the teacher") -> None:
+    """Refuse a model whose folder ships a tokenizer other than the run's: KD compares the two models' token
+    probabilities id by id, so an id must mean the same token to both. Special tokens that differ over one
+    vocabulary get a warning. Nothing to compare (no tokenizer given, a model without a local folder or without
+    tokenizer files) passes."""
+    import warnings
+
+    if tokenizer is None or not hasattr(tokenizer, "get_vocab"):
+        return
+    path = model_or_path if isinstance(model_or_path, (str, os.PathLike)) else None
+    if path is None:
+        path = getattr(getattr(model_or_path, "config", None), "_name_or_path", None) or None
+    folder = Path(path).expanduser() if path else None
+    if folder is None or not folder.is_dir() or not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        return
+    from transformers import AutoTokenizer
+
+    try:
+        theirs = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as err:  # a folder whose tokenizer files do not load: say we could not compare
+        warnings.warn(
+            f"{what}: the tokenizer in {str(folder)!r} does not load ({err}); not compared.", stacklevel=3
+        )
+        return
+    vocab, special = tokenizer_differences(tokenizer, theirs)
+    if vocab:
+        raise ValueError(
+            f"{what} ({str(folder)!r}) ships another tokenizer than the run's: {'; '.join(vocab)}. KD compares "
+            "the models' predictions token id by token id, so both must use one tokenizer: pick a teacher "
+            "trained with the run's tokenizer, or run with the teacher's tokenizer."
+        )
+    if special:
+        warnings.warn(
+            f"{what} ({str(folder)!r}) ships the run's vocabulary with other special tokens: {'; '.join(special)}.",
+            stacklevel=3,
+        )
 
 
 @contextlib.contextmanager

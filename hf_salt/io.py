@@ -167,3 +167,119 @@ def save_pretrained_atomic(
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
     return dst
+
+
+# ------------------------------------------------------------------------------------------- output lock
+LOCK_SUFFIX = ".hf-salt-lock"
+# lock files held by this process or the process that started it (os.pathsep-separated): its child processes
+# (e.g. `hf-salt benchmark --workers N`) write the same output on its behalf
+HELD_ENV = "HF_SALT_HELD_OUTPUTS"
+
+
+def held_here(path: str | os.PathLike) -> bool:
+    """True when this process, or the hf-salt run that started it, already holds the output `path`."""
+    return str(lock_path(path)) in os.environ.get(HELD_ENV, "").split(os.pathsep)
+
+
+class OutputInUse(ValueError):
+    """Another live process holds the output this run would write (see :func:`hold_output`)."""
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """The lock file of an output (folder or file): ``.NAME.hf-salt-lock`` beside it, so it survives the atomic
+    replacement of the output itself."""
+    path = Path(path).expanduser().absolute()
+    return path.parent / f".{path.name}{LOCK_SUFFIX}"
+
+
+def _describe(record: dict[str, Any]) -> str:
+    what = record.get("command") or "an hf-salt run"
+    return (
+        f"{what} (PID {record.get('pid', '?')} on host {record.get('host', '?')}, "
+        f"started {record.get('started', '?')})"
+    )
+
+
+def _read_record(fd: int) -> dict[str, Any] | None:
+    os.lseek(fd, 0, os.SEEK_SET)
+    data = b""
+    while chunk := os.read(fd, 65536):
+        data += chunk
+    try:
+        record = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+@contextlib.contextmanager
+def hold_output(path: str | os.PathLike, command: str | None = None) -> Iterator[Path]:
+    """Hold the output `path` for this process while the block runs; a second writer is refused.
+
+    The lock is an advisory ``flock`` on ``.NAME.hf-salt-lock`` beside `path`, holding the holder's command,
+    host, PID and start time for the message a refused writer prints. The kernel releases the lock when its
+    holder dies, however it dies (``kill -9`` included), so a killed run never blocks the next one: the next
+    writer takes the lock over and says whose it was.
+
+    Raises:
+        OutputInUse: a live process holds `path`; the message names it.
+    """
+    import datetime
+    import fcntl
+
+    lock = lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            record = _read_record(fd)
+            os.close(fd)
+            holder = _describe(record) if record else "another hf-salt run (starting up)"
+            raise OutputInUse(
+                f"{str(Path(path))!r} is being written by {holder}; two runs writing one output would mix "
+                "their files. Wait for it to finish (or stop it), or choose another output."
+            ) from None
+        except OSError as err:  # a file system without locks: run unprotected, but say so
+            os.close(fd)
+            logger.warning(f"Cannot lock {lock} ({err}); nothing stops a second run from writing {path}.")
+            yield lock
+            return
+        try:  # a holder that just finished unlinks the file: then we locked a file nobody else will see
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        previous = _read_record(fd)
+        if previous:
+            logger.warning(
+                f"Took over {path}: its previous writer, {_describe(previous)}, is no longer running."
+            )
+        pid = os.getpid()
+        record = {
+            "command": command,
+            "host": socket.gethostname(),
+            "pid": pid,
+            "start_time": _start_time(pid),
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode("utf-8"), 0)
+        before = os.environ.get(HELD_ENV)
+        os.environ[HELD_ENV] = os.pathsep.join(filter(None, [before, str(lock)]))
+        try:
+            yield lock
+        finally:
+            if before is None:
+                os.environ.pop(HELD_ENV, None)
+            else:
+                os.environ[HELD_ENV] = before
+    finally:
+        with contextlib.suppress(OSError):
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                os.unlink(lock)  # while still locked, so no one locks a file that is about to vanish
+        os.close(fd)

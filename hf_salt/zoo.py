@@ -225,7 +225,7 @@ def load_model(
         kwargs["dtype"] = torch_dtype
     with naming_corrupt_files(name_or_path, flag):
         config = AutoConfig.from_pretrained(name_or_path, local_files_only=local_files_only)
-        if causal:
+        if causal or not getattr(config, "is_encoder_decoder", False):  # loaded as a causal LM below
             check_causal_lm(config, f"{flag} {name_or_path!r}")
         auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
         model = auto.from_pretrained(name_or_path, local_files_only=local_files_only, **kwargs)

@@ -1,6 +1,6 @@
 """Run `hf-salt ARGS` and stop at a chosen point, so the test can SIGKILL it there.
 
-Usage: python tests/kill_point.py POINT -- hf-salt-args...   (POINT: step:N, save:N, grow, score)
+Usage: python tests/kill_point.py POINT -- hf-salt-args...   (POINT: step:N, save:N, model, grow, score)
 
 At the point it prints `KILL-POINT <what>` and sleeps: the test kills the process from outside, exactly as a
 user's Ctrl-\\, an OOM killer or a pre-empted machine would (no `finally`, no atexit). The points:
@@ -8,7 +8,9 @@ user's Ctrl-\\, an OOM killer or a pre-empted machine would (no `finally`, no at
   demo trains a teacher, then one run per arm);
 - `save:N`: inside the checkpoint save of step N, after the weights and optimizer are written and before
   the RNG states and `trainer_state.json`;
-- `grow`/`score`: inside the final output save, after the first files are written to the temporary folder.
+- `grow`/`score`: inside the final output save, after the first files are written to the temporary folder;
+- `model`: inside the final `model/` save of `pretrain`/`distill-step-by-step`, after the weights are written
+  to the temporary folder.
 """
 
 from __future__ import annotations
@@ -51,6 +53,20 @@ def _install(point: str) -> None:
             return original_rng(self, output_dir)
 
         Trainer._save_rng_state = save_rng_state
+    elif kind == "model":
+        from pathlib import Path
+
+        from transformers import PreTrainedModel
+
+        original_save = PreTrainedModel.save_pretrained
+
+        def save_final(self, path, *args, **kwargs):
+            result = original_save(self, path, *args, **kwargs)
+            if Path(path).name.startswith(".model.tmp-"):  # not a checkpoint-N save
+                _stop(f"{point} {path}")
+            return result
+
+        PreTrainedModel.save_pretrained = save_final
     elif kind in ("grow", "score"):
         if kind == "grow":
             from transformers import PreTrainedModel as cls

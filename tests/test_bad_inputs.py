@@ -8,6 +8,7 @@ with an error that names nothing (a Hub repo-id error for a local path, `Safeten
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import torch
 from datasets import Dataset
 
 from hf_salt.cli.main import main
+from hf_salt.data import load_tokenizer
 from hf_salt.salt.config import SALTConfig
 from hf_salt.salt.schedules import KDScheduleCallback
 from hf_salt.zoo import build_model
@@ -37,7 +39,43 @@ def _error(capsys) -> str:
 )
 def test_salt_config_refuses_silent_noops(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        SALTConfig(output_dir="unused", **kwargs)
+        SALTConfig(output_dir="unused", teacher_model_name_or_path="teacher", **kwargs)
+
+
+def test_salt_config_without_a_teacher_does_not_check_kd_against_the_run_length():
+    # the defaults (kd_steps=0.2) in a 2-step run without a teacher: nothing to refuse, there is no KD
+    assert SALTConfig(output_dir="unused", max_steps=2).kd_steps == 0.2
+    assert SALTConfig(output_dir="unused", max_steps=2).kd_settings_changed() == []
+    changed = SALTConfig(output_dir="unused", max_steps=2, kd_weight=0.9, kd_steps=2).kd_settings_changed()
+    assert changed == ["kd_weight", "kd_steps"]
+
+
+def test_pretrain_without_a_teacher_runs_with_default_kd_settings_and_warns_about_given_ones(tmp_path):
+    tiny = ["--model", "llama-tiny", "--max_steps", "2", "--block_size", "32", "--max_train_blocks", "16"]
+    tiny += ["--max_eval_blocks", "2", "--disable_tqdm", "true", "--report_to", "none"]
+    exe = Path(sys.executable).with_name("hf-salt")
+    plain = subprocess.run(
+        [str(exe), "pretrain", *tiny, "--output_dir", str(tmp_path / "a")], capture_output=True, text=True
+    )
+    assert plain.returncode == 0, plain.stderr
+    assert "do nothing" not in plain.stderr
+    flagged = subprocess.run(
+        [
+            str(exe),
+            "pretrain",
+            *tiny,
+            "--kd_weight",
+            "0.9",
+            "--kd_steps",
+            "2",
+            "--output_dir",
+            str(tmp_path / "b"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert flagged.returncode == 0, flagged.stderr
+    assert "--kd_weight, --kd_steps do nothing" in flagged.stderr
 
 
 def test_salt_config_accepts_kd_on_every_step_and_disabled_kd():
@@ -81,7 +119,10 @@ def test_pretrain_refuses_before_any_work(tmp_path, capsys):
     (finished / "model").mkdir(parents=True)
     cases = [
         (["--max_steps", "0"], "max_steps=0"),
-        (["--kd_steps", "500", "--max_steps", "3"], "more than the run's 3 steps"),
+        (
+            ["--kd_steps", "500", "--max_steps", "3", "--teacher_model_name_or_path", str(tmp_path)],
+            "more than the run's 3 steps",
+        ),
         (["--output_dir", str(a_file / "out")], "is a file, not a folder"),
         (["--output_dir", str(finished)], "already holds a finished run (model)"),
         (
@@ -172,6 +213,54 @@ def test_non_causal_models_are_refused_in_one_line(tmp_path):
         SALTTrainer(model=t5, args=args, teacher_model=build_model("llama-tiny"))
 
 
+def _bert_without_architectures(folder: Path) -> Path:
+    import json
+
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig(vocab_size=8192, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+    config.intermediate_size = 64
+    BertForMaskedLM(config).save_pretrained(folder)
+    spec = json.loads((folder / "config.json").read_text())
+    spec.pop("architectures", None)  # as in a folder written by hand or by another tool
+    (folder / "config.json").write_text(json.dumps(spec))
+    return folder
+
+
+def test_bert_folder_without_architectures_is_not_taken_for_a_causal_lm(tmp_path, capsys):
+    from hf_salt.zoo import load_model
+
+    bert = _bert_without_architectures(tmp_path / "bert")
+    match = "is a bert model, an encoder with bidirectional attention"
+    with pytest.raises(ValueError, match=match):  # a KD teacher (BertLMHeadModel, bidirectional) before
+        load_model(str(bert), flag="the teacher", causal=True)
+    with pytest.raises(ValueError, match=match):  # the distill-step-by-step task model
+        load_model(str(bert))
+    assert main(["grow", str(bert), str(tmp_path / "grown")]) == 2  # "OK; saved" before
+    assert match in _error(capsys)
+    assert not (tmp_path / "grown").exists()
+
+
+def test_models_with_nan_or_inf_weights_are_refused_by_name(tmp_path, capsys):
+    tok = load_tokenizer()
+    model = build_model("llama-tiny", vocab_size=len(tok))
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
+    model.save_pretrained(tmp_path / "nan")
+    assert main(["grow", str(tmp_path / "nan"), str(tmp_path / "grown")]) == 2  # "verify: nan ... OK" before
+    assert "has NaN or inf weights in model.layers.0.mlp.up_proj.weight" in _error(capsys)
+    assert not (tmp_path / "grown").exists()
+    inf = build_model("llama-tiny", vocab_size=len(tok))
+    with torch.no_grad():
+        inf.model.embed_tokens.weight[5] = float("inf")
+    inf.save_pretrained(tmp_path / "inf")
+    argv = ["pretrain", "--model", str(tmp_path / "inf"), "--max_steps", "2", "--block_size", "32"]
+    argv += ["--max_train_blocks", "16", "--max_eval_blocks", "2", "--output_dir", str(tmp_path / "o")]
+    assert main(argv) == 2  # trained to validation loss nan and exited 0 before
+    assert "the model to train has NaN or inf weights in model.embed_tokens.weight" in _error(capsys)
+    assert not (tmp_path / "o" / "model").exists()
+
+
 def test_salt_trainer_refuses_sequences_longer_than_the_positions(tmp_path):
     from hf_salt.salt.trainer import SALTTrainer
 
@@ -222,7 +311,103 @@ def test_truncated_arrow_for_salt_ds_is_named(tmp_path):
         output_dir=str(tmp_path / "o"), teacher_model_name_or_path="llama-tiny", max_steps=4
     )
     with pytest.raises(ValueError, match=f"{arrow.name}' is truncated or corrupt"):
-        _salt_ds_pool(data, args, 128)
+        _salt_ds_pool(data, args, load_tokenizer())
+
+
+def _swapped_tokenizer(folder: Path) -> Path:
+    """The shipped tokenizer with two token ids swapped: same size and special tokens, other meaning."""
+    import json
+
+    load_tokenizer().save_pretrained(folder)
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    by_id = {i: t for t, i in vocab.items()}
+    a, b = by_id[1000], by_id[2000]
+    vocab[a], vocab[b] = 2000, 1000
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    return folder
+
+
+def test_teacher_folder_with_another_tokenizer_is_refused_naming_the_difference(tmp_path):
+    from hf_salt import SALTTrainer
+
+    tok = load_tokenizer()
+    teacher = tmp_path / "teacher"
+    build_model("llama-tiny", vocab_size=len(tok), seed=1).save_pretrained(teacher)
+    _swapped_tokenizer(teacher)
+    args = SALTConfig(output_dir=str(tmp_path / "o"), max_steps=4, kd_steps=2, use_cpu=True, report_to="none")
+    student = build_model("llama-tiny", vocab_size=len(tok))
+    with pytest.raises(
+        ValueError, match=r"ships another tokenizer than the run's: 2 of 8192 tokens have another id"
+    ):
+        SALTTrainer(model=student, args=args, teacher_model=str(teacher), processing_class=tok)
+    # the same vocabulary with another pad token: legitimate, a warning names it
+    other_pad = load_tokenizer()
+    other_pad.pad_token = other_pad.eos_token
+    other_pad.save_pretrained(teacher)
+    with pytest.warns(UserWarning, match="other special tokens: pad_token '<|pad|>' vs '<|endoftext|>'"):
+        SALTTrainer(model=student, args=args, teacher_model=str(teacher), processing_class=tok)
+
+
+def test_salt_ds_scored_with_another_tokenizer_is_refused(tmp_path, capsys):
+    from hf_salt.cli.pretrain import (
+        DataArguments,
+        PretrainArguments,
+        _salt_ds_pool,
+        check_scored_tokenizer,
+    )
+
+    other = _swapped_tokenizer(tmp_path / "other")
+    scored = tmp_path / "scored"
+    argv = ["score", "--teacher_model_name_or_path", "llama-tiny", "--corpus", "tinyshakespeare"]
+    argv += [
+        "--block_size",
+        "16",
+        "--max_blocks",
+        "8",
+        "--output_dir",
+        str(scored),
+        "--tokenizer",
+        str(other),
+    ]
+    assert main(argv) == 0, _error(capsys)
+    data = DataArguments(salt_ds=str(scored), block_size=16)
+    args = PretrainArguments(
+        output_dir=str(tmp_path / "o"), teacher_model_name_or_path="llama-tiny", max_steps=4, kd_steps=1
+    )
+    with pytest.raises(ValueError, match="was tokenized by another tokenizer .* than this run's"):
+        _salt_ds_pool(data, args, load_tokenizer())
+    check_scored_tokenizer(
+        str(scored), load_tokenizer(str(other))
+    )  # the tokenizer it was scored with: accepted
+
+
+def test_kd_off_with_a_teacher_warns_and_does_not_load_it(tmp_path):
+    tok = load_tokenizer()
+    teacher = tmp_path / "teacher"
+    build_model("llama-tiny", vocab_size=len(tok), seed=1).save_pretrained(teacher)
+    weights = teacher / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # loading it would fail: the run shows it is never loaded
+    argv = ["--model", "llama-tiny", "--max_steps", "2", "--block_size", "32", "--max_train_blocks", "16"]
+    argv += ["--max_eval_blocks", "2", "--disable_tqdm", "true", "--report_to", "none"]
+    argv += [
+        "--teacher_model_name_or_path",
+        str(teacher),
+        "--kd_weight",
+        "0",
+        "--output_dir",
+        str(tmp_path / "o"),
+    ]
+    run = subprocess.run(
+        [str(Path(sys.executable).with_name("hf-salt")), "pretrain", *argv], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert "--kd_weight 0 turn KD off, so the teacher" in run.stderr and "plain" in run.stdout
+    args = SALTConfig(output_dir=str(tmp_path / "p"), max_steps=2, kd_steps=0, use_cpu=True, report_to="none")
+    with pytest.warns(UserWarning, match="KD is off, so the teacher is loaded and never run"):
+        from hf_salt import SALTTrainer
+
+        SALTTrainer(model=build_model("llama-tiny"), args=args, teacher_model=build_model("llama-tiny"))
 
 
 def test_score_and_rationales_refuse_bad_paths_before_any_work(tmp_path, capsys):

@@ -115,6 +115,64 @@ def test_pretrain_killed_then_resumed_from_cli_matches_uninterrupted(
     assert hidden(out) == []  # the killed save's staging folder is gone
 
 
+def test_pretrain_killed_in_the_final_model_save_is_not_a_finished_run(
+    tmp_path, teacher, uninterrupted, capsys
+):
+    """The finished-run marker (all_results.json) comes after model/: a kill during the model's save leaves a
+    run that `--resume_from_checkpoint latest` finishes (it used to be refused as 'already holds a finished run')."""
+    out = tmp_path / "run"
+    argv = [*PRETRAIN, "--teacher_model_name_or_path", str(teacher), "--output_dir", str(out)]
+    kill_at("model", argv, tmp_path)
+    assert not (out / "model").exists() and not (out / "all_results.json").exists()
+    assert main([*argv, "--resume_from_checkpoint", "latest"]) == 0, capsys.readouterr().err
+    assert_same_weights(out / "model", uninterrupted / "model")
+    assert json.loads((out / "all_results.json").read_text())["eval_loss"] == pytest.approx(
+        json.loads((uninterrupted / "all_results.json").read_text())["eval_loss"]
+    )
+    assert hidden(out) == []
+
+
+def test_resume_with_other_settings_names_each_and_needs_allow_changed_settings(
+    tmp_path, tmp_path_factory, teacher, uninterrupted, capsys, caplog
+):
+    """A resume with another kd_weight, block_size, seed or teacher weights used to continue silently and end
+    away from either run; now each differing setting is named, and only --allow_changed_settings continues."""
+    import shutil
+
+    from hf_salt.checkpoints import RUN_SETTINGS
+    from hf_salt.data import load_tokenizer
+    from hf_salt.zoo import build_model
+
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted / "checkpoint-3", out / "checkpoint-3")
+    assert (out / "checkpoint-3" / RUN_SETTINGS).is_file()
+    argv = [*PRETRAIN, "--teacher_model_name_or_path", str(teacher), "--output_dir", str(out)]
+    argv += ["--resume_from_checkpoint", "latest"]
+    # the same teacher folder, weights replaced in place
+    other = tmp_path_factory.mktemp("other") / "teacher"
+    shutil.copytree(teacher, other)
+    build_model("llama-tiny", vocab_size=len(load_tokenizer()), seed=7).save_pretrained(other)
+    changed = {
+        ("--kd_weight", "0.5"): "kd_weight: 0.75 in the checkpoint, 0.5 now",
+        ("--seed", "3"): "seed: 42 in the checkpoint, 3 now",
+        ("--block_size", "16"): "block_size: 32 in the checkpoint, 16 now",
+        ("--kd_schedule", "step"): "kd_schedule: 'linear' in the checkpoint, 'step' now",
+        ("--max_steps", "9"): "max_steps: 8 in the checkpoint, 9 now",
+    }
+    for flags, named in changed.items():
+        assert main([*argv, *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert named in err and "--allow_changed_settings" in err, err
+    moved = [*PRETRAIN, "--teacher_model_name_or_path", str(other), "--output_dir", str(out)]
+    assert main([*moved, "--resume_from_checkpoint", "latest"]) == 2
+    assert "teacher weights (the files in the teacher folder differ)" in capsys.readouterr().err
+    assert not (out / "model").exists() and not (out / "checkpoint-6").exists()  # refused before training
+
+    with caplog.at_level("WARNING"):
+        assert main([*argv, "--kd_weight", "0.5", "--allow_changed_settings"]) == 0
+    assert "with changed settings (allowed): kd_weight: 0.75 in the checkpoint, 0.5 now" in caplog.text
+
+
 def test_resume_path_that_does_not_exist_fails_before_any_work(tmp_path, capsys):
     out = tmp_path / "run"
     code = main([*PRETRAIN, "--output_dir", str(out), "--resume_from_checkpoint", str(tmp_path / "nope")])
@@ -209,7 +267,8 @@ def test_grow_killed_while_saving_then_rerun_leaves_no_litter(tmp_path):
     argv = ["grow", "llama-tiny", str(dst)]
     kill_at("grow", argv, tmp_path)
     assert not dst.exists()
-    assert [p.name.split("-")[0] for p in tmp_path.glob(".grown.*")] == [".grown.tmp"]
+    # the staging folder, and the output lock of the killed writer (its flock died with it)
+    assert sorted(p.name.split("-")[0] for p in tmp_path.glob(".grown.*")) == [".grown.hf", ".grown.tmp"]
     assert main(argv) == 0
     assert (dst / "model.safetensors").is_file()
     assert hidden(tmp_path) == []

@@ -7,6 +7,7 @@ import json
 import pytest
 from datasets import Dataset
 
+from hf_salt.cli.main import main
 from hf_salt.data import load_tokenizer
 from hf_salt.step_by_step.rationales import generate_rationales, parse_continuation
 from hf_salt.zoo import build_model
@@ -50,6 +51,33 @@ def test_generation_resumes_and_keeps_unparsed_rows(tmp_path, monkeypatch):
     calls.clear()
     generate_rationales(INPUTS, model, tok, out, **kwargs, show_progress=False)
     assert calls == []  # all done: nothing regenerated
+
+
+def test_resume_with_other_inputs_or_a_template_without_input_is_refused(tmp_path, capsys):
+    tok = load_tokenizer()
+    model = build_model("llama-tiny", seed=0)
+    out = tmp_path / "rationales.jsonl"
+    kwargs = dict(batch_size=4, max_new_tokens=2, show_progress=False)
+    generate_rationales(INPUTS[:3], model, tok, out, **kwargs)
+    other = [{**row, "input": row["input"] + " (other file)"} for row in INPUTS]
+    before = out.read_text()
+    with pytest.raises(
+        ValueError, match=r"holds rows generated from other inputs than these \(3 of 3 differ; row 0"
+    ):
+        generate_rationales(other, model, tok, out, **kwargs)  # kept 3 old rows, appended 4 new ones before
+    assert out.read_text() == before
+    generate_rationales(INPUTS, model, tok, out, **kwargs)  # the same inputs, more of them: resumes
+    assert [json.loads(line)["input"] for line in out.read_text().splitlines()] == [
+        r["input"] for r in INPUTS
+    ]
+    with pytest.raises(ValueError, match="has no {input}: every row would get the same prompt"):
+        generate_rationales(INPUTS, model, tok, tmp_path / "b.jsonl", input_template="Q: ?\nA:", **kwargs)
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in INPUTS))
+    (tmp_path / "llm").mkdir()
+    argv = ["generate-rationales", "--model", str(tmp_path / "llm"), "--data", str(data)]
+    assert main([*argv, "--output", str(tmp_path / "c.jsonl"), "--input_template", "Q: ?"]) == 2
+    assert "has no {input}" in capsys.readouterr().err
 
 
 def test_custom_parser_marks_success(tmp_path):

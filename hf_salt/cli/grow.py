@@ -122,9 +122,12 @@ def _load_source(src: str) -> tuple[Any, Any]:
 
 
 def run(args: GrowArguments) -> int:
+    from hf_salt.checks import check_causal_lm, check_finite
     from hf_salt.hypercloning import clone, save_pretrained_atomic, verify
 
     model, tokenizer = _load_source(args.src)
+    check_causal_lm(model, f"SRC {args.src!r}")  # an encoder (BERT) folder without `architectures` loads too
+    check_finite(model, f"SRC {args.src!r}")  # a NaN source would give a NaN clone that "verifies"
     model.eval()
     exact_dtype = next(model.parameters()).dtype == torch.float32
     try:
@@ -173,4 +176,4 @@ class _GrowCommand(Command):
         return super().main([x for pair in zip(flags, positional) for x in pair] + argv, prog=prog)
 
 
-COMMAND = _GrowCommand([GrowArguments], run, description=__doc__)
+COMMAND = _GrowCommand([GrowArguments], run, description=__doc__, output_option="dst")

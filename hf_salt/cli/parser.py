@@ -7,6 +7,8 @@ Values from the config file become defaults; flags on the command line override 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import os
 import sys
@@ -97,6 +99,17 @@ class Command:
     dataclass_types: Sequence[type]
     run: Callable[..., int | None]
     description: str | None = None
+    # the option naming what the command writes: the run holds it (hf_salt.io.hold_output), so a second
+    # command writing the same output is refused instead of mixing its files with this one's
+    output_option: str | None = "output_dir"
+
+    def output(self, parsed: Sequence[Any]) -> str | None:
+        """The output path the parsed options name (None: the command writes nothing of its own)."""
+        for obj in parsed:
+            value = getattr(obj, self.output_option, None) if self.output_option else None
+            if isinstance(value, (str, os.PathLike)):
+                return os.fspath(value)
+        return None
 
     def main(self, argv: Sequence[str], prog: str | None = None) -> int:
         try:
@@ -105,11 +118,36 @@ class Command:
             print(f"{prog or 'hf-salt'}: error: {err}", file=sys.stderr)
             return 2
         try:
-            return int(self.run(*parsed) or 0)
-        except (ValueError, FileNotFoundError, NotImplementedError) as err:
+            with self._hold(parsed, prog):
+                return int(self.run(*parsed) or 0)
+        except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError) as err:
             if os.environ.get("HF_SALT_DEBUG"):
                 raise
             print(
                 f"{prog or 'hf-salt'}: error: {err}\n(set HF_SALT_DEBUG=1 for the traceback)", file=sys.stderr
             )
             return 2
+        except OSError as err:
+            if err.errno != errno.ENOSPC or os.environ.get("HF_SALT_DEBUG"):
+                raise
+            print(
+                f"{prog or 'hf-salt'}: error: no space left on the device while writing "
+                f"{err.filename or 'the output'}. Outputs are written whole or not at all, so the previous one (if "
+                "any) is intact and the latest complete checkpoint can be resumed (--resume_from_checkpoint "
+                "latest); free some space and rerun.",
+                file=sys.stderr,
+            )
+            return 1
+
+    def _hold(self, parsed: Sequence[Any], prog: str | None) -> contextlib.AbstractContextManager:
+        """Hold the output for the whole run, on the main process only (the ranks of one distributed run
+        share it; rank 0 is the one that writes)."""
+        path = self.output(parsed)
+        from hf_salt.checks import check_writable
+        from hf_salt.io import held_here, hold_output
+
+        if path is None or int(os.environ.get("RANK", "0")) != 0 or held_here(path):
+            return contextlib.nullcontext()
+
+        check_writable(Path(path).expanduser().absolute().parent, f"the folder of --{self.output_option}")
+        return hold_output(path, command=f"{prog or 'hf-salt'} --{self.output_option} {path}")

@@ -8,15 +8,23 @@ does `--config file.yaml`.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import Trainer, default_data_collator
 
-from hf_salt.checkpoints import RESUME_HELP, AtomicCheckpointTrainer, check_fresh_start, resolve_resume
+from hf_salt.checkpoints import (
+    ALLOW_CHANGED_HELP,
+    RESUME_HELP,
+    AtomicCheckpointTrainer,
+    check_fresh_start,
+    resolve_resume,
+)
 from hf_salt.checks import (
     check_model_path,
     check_no_finished_run,
@@ -106,6 +114,7 @@ class PretrainArguments(SALTConfig):
         default=False,
         metadata={"help": "Allow an output_dir that already holds a finished run (its model is replaced)."},
     )
+    allow_changed_settings: bool = field(default=False, metadata={"help": ALLOW_CHANGED_HELP})
 
 
 FINISHED_RUN = ("model", "all_results.json")  # what a finished `hf-salt pretrain` leaves in output_dir
@@ -119,9 +128,54 @@ def check_inputs(model_args: ModelArguments, data_args: DataArguments, args: Pre
         check_model_path(args.teacher_model_name_or_path, "--teacher_model_name_or_path")
     if data_args.salt_ds and not args.teacher_model_name_or_path:
         raise ValueError("--salt_ds selects data for the KD stage: pass --teacher_model_name_or_path too.")
+    if not args.teacher_model_name_or_path:
+        ignored = args.kd_settings_changed()
+        if ignored:
+            warnings.warn(
+                f"No --teacher_model_name_or_path, so this is plain training and {', '.join('--' + n for n in ignored)} "
+                "do nothing; pass a teacher to train with SALT.",
+                stacklevel=2,
+            )
 
 
-def _salt_ds_pool(data_args: DataArguments, args: PretrainArguments, vocab_size: int):
+def check_scored_tokenizer(salt_ds: str, tokenizer) -> None:
+    """Refuse a scored dataset whose token ids come from another tokenizer than the run's."""
+    from hf_salt.checks import tokenizer_fingerprint
+    from hf_salt.cli.score import SCORED_WITH
+
+    record = Path(salt_ds) / SCORED_WITH
+    if not record.is_file():
+        warnings.warn(
+            f"--salt_ds {salt_ds!r} does not say which tokenizer made its token ids (scored by an older hf-salt); "
+            "make sure it is the run's tokenizer.",
+            stacklevel=2,
+        )
+        return
+    scored_with = json.loads(record.read_text())
+    if scored_with.get("vocab_sha256") != tokenizer_fingerprint(tokenizer):
+        raise ValueError(
+            f"--salt_ds {salt_ds!r} was tokenized by another tokenizer ({scored_with.get('tokenizer')!r}) than "
+            "this run's (--tokenizer): its token ids would mean other tokens. Score the corpus with the run's "
+            "tokenizer (hf-salt score --tokenizer ...), or train with the scored dataset's tokenizer."
+        )
+
+
+def _drop_unused_teacher(data_args: DataArguments, args: PretrainArguments) -> None:
+    """KD switched off (kd_weight 0 or kd_steps 0) with a teacher: the teacher would be loaded and never run, so
+    say so and train without it (plain training). With --salt_ds the KD-stage data still needs it."""
+    if not args.teacher_model_name_or_path or data_args.salt_ds:
+        return
+    off = [f"--{name} 0" for name in ("kd_weight", "kd_steps") if getattr(args, name) == 0]
+    if off:
+        warnings.warn(
+            f"{' and '.join(off)} turn KD off, so the teacher {args.teacher_model_name_or_path!r} would never be "
+            "used: it is not loaded, and this run is plain training.",
+            stacklevel=2,
+        )
+        args.teacher_model_name_or_path = None
+
+
+def _salt_ds_pool(data_args: DataArguments, args: PretrainArguments, tokenizer):
     """Load the scored dataset and pick the KD-stage pool (n_KD x global batch blocks)."""
     from datasets import load_from_disk
 
@@ -131,6 +185,8 @@ def _salt_ds_pool(data_args: DataArguments, args: PretrainArguments, vocab_size:
         raise FileNotFoundError(
             f"--salt_ds {data_args.salt_ds!r} is not a folder written by `hf-salt score`."
         )
+    check_scored_tokenizer(data_args.salt_ds, tokenizer)
+    vocab_size = len(tokenizer)
     with naming_corrupt_files(data_args.salt_ds, "--salt_ds"):
         scored = load_from_disk(data_args.salt_ds)
         first = len(scored[0]["input_ids"]) if len(scored) else None  # reads the data, not just the header
@@ -157,13 +213,14 @@ def _salt_ds_pool(data_args: DataArguments, args: PretrainArguments, vocab_size:
 
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: PretrainArguments) -> int:
     check_inputs(model_args, data_args, training_args)
+    _drop_unused_teacher(data_args, training_args)
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     check_fresh_start(training_args.output_dir, resume, training_args.overwrite_output_dir)
     tokenizer = load_tokenizer(model_args.tokenizer)
     model = load_model(model_args.model, vocab_size=len(tokenizer), seed=training_args.seed, causal=True)
     check_block_size(data_args.block_size, model.config)
     corpus = load_corpus(data_args.corpus)
-    pool = _salt_ds_pool(data_args, training_args, len(tokenizer)) if data_args.salt_ds else None
+    pool = _salt_ds_pool(data_args, training_args, tokenizer) if data_args.salt_ds else None
     train = pack_dataset(corpus["train"], tokenizer, data_args.block_size)
     evaluation = pack_dataset(corpus["validation"], tokenizer, data_args.block_size)
     if data_args.max_train_blocks:
@@ -195,13 +252,14 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Pre
         trainer: Trainer = SALTTrainer(**kwargs, salt_ds_pool=pool)
     else:
         trainer = AtomicCheckpointTrainer(**kwargs)
+    # what decides the result besides the training arguments: checked against the checkpoint on resume
+    trainer.run_settings = {**asdict(model_args), **asdict(data_args)}
+    trainer.run_settings.pop("max_eval_blocks")
+    trainer.allow_changed_settings = training_args.allow_changed_settings
     trainer.train(resume_from_checkpoint=resume)
     metrics = trainer.evaluate()
     ppl = math.exp(min(metrics["eval_loss"], 50.0))
     trainer.log_metrics("eval", {**metrics, "perplexity": ppl})
-    trainer.save_metrics(
-        "eval", {**metrics, "perplexity": ppl}
-    )  # output_dir/eval_results.json, beside model/
     if training_args.teacher_model_name_or_path:
         trainer.create_model_card(  # output_dir/README.md, copied into the model folder below
             model_name=Path(training_args.output_dir).name,
@@ -215,6 +273,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Pre
             card = Path(training_args.output_dir) / "README.md"
             if card.exists():
                 shutil.copy(card, tmp / "README.md")
+    # output_dir/eval_results.json and all_results.json, beside model/: written last, as they mark the run finished
+    trainer.save_metrics("eval", {**metrics, "perplexity": ppl})
+    if trainer.is_world_process_zero():
         print(f"validation loss {metrics['eval_loss']:.4f}  perplexity {ppl:.2f}  model saved to {out}")
     return 0
 

@@ -64,6 +64,10 @@ class RationaleArguments:
         if not Path(self.data).is_file():
             raise FileNotFoundError(f"--data {self.data!r} does not exist.")
         check_writable_file(self.output, "--output")
+        if "{input}" not in self.input_template:
+            raise ValueError(
+                f"--input_template {self.input_template!r} has no {{input}}: every row would get the same prompt."
+            )
 
 
 def run(a: RationaleArguments) -> int:
@@ -93,4 +97,4 @@ def run(a: RationaleArguments) -> int:
     return 0
 
 
-COMMAND = Command([RationaleArguments], run, description=__doc__)
+COMMAND = Command([RationaleArguments], run, description=__doc__, output_option="output")

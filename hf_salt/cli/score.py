@@ -9,6 +9,7 @@ rank scores a shard) and written with `save_to_disk` to a temporary folder renam
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,9 +85,13 @@ class ScoreArguments:
             )
 
 
+SCORED_WITH = "hf_salt_tokenizer.json"  # in a scored dataset's folder: which tokenizer made its token ids
+
+
 def run(args: ScoreArguments) -> int:
     from accelerate import PartialState
 
+    from hf_salt.checks import tokenizer_fingerprint
     from hf_salt.data import check_block_size, load_corpus, load_tokenizer, pack_dataset
     from hf_salt.io import atomic_directory
     from hf_salt.salt_ds import score_dataset
@@ -128,6 +133,15 @@ def run(args: ScoreArguments) -> int:
     if state.is_main_process:
         with atomic_directory(args.output_dir, overwrite=True) as tmp:
             scored.save_to_disk(str(tmp))
+            # the tokenizer the ids come from: `pretrain --salt_ds` refuses a run with another one
+            (tmp / SCORED_WITH).write_text(
+                json.dumps(
+                    {
+                        "tokenizer": tokenizer_path or "shipped",
+                        "vocab_sha256": tokenizer_fingerprint(tokenizer),
+                    }
+                )
+            )
         n = sum(1 for c in scored["salt_ds_num_learnable"] if c > 0)
         print(f"Saved {len(scored)} scored blocks ({n} with a learnable token) to {args.output_dir}.")
     state.wait_for_everyone()

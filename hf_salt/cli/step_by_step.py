@@ -7,10 +7,10 @@ Every `StepByStepConfig` / `Seq2SeqTrainingArguments` flag works, and so does `-
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from hf_salt.checkpoints import RESUME_HELP, check_fresh_start, resolve_resume
+from hf_salt.checkpoints import ALLOW_CHANGED_HELP, RESUME_HELP, check_fresh_start, resolve_resume
 from hf_salt.checks import check_no_finished_run, check_writable
 from hf_salt.cli.parser import Command
 from hf_salt.data import load_tokenizer
@@ -82,6 +82,7 @@ class StepByStepCLIConfig(StepByStepConfig):
         default=False,
         metadata={"help": "Allow an output_dir that already holds a finished run (its model is replaced)."},
     )
+    allow_changed_settings: bool = field(default=False, metadata={"help": ALLOW_CHANGED_HELP})
 
 
 def run(script: StepByStepScriptArguments, args: StepByStepCLIConfig) -> int:
@@ -104,22 +105,30 @@ def run(script: StepByStepScriptArguments, args: StepByStepCLIConfig) -> int:
     trainer = StepByStepTrainer(
         model, args, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer
     )
+    # what decides the result besides the training arguments: checked against the checkpoint on resume
+    trainer.run_settings = {
+        k: v for k, v in asdict(script).items() if k not in ("max_eval_samples", "max_test_samples")
+    }
+    trainer.allow_changed_settings = args.allow_changed_settings
     trainer.train(resume_from_checkpoint=resume)
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
-    trainer.save_metrics("eval", metrics)
     test = data.get("test")
     if script.max_test_samples is not None and test is not None:
         test = test.select(range(min(len(test), script.max_test_samples)))
     if test is not None and len(test):  # reported once, after training: selection uses validation only
         test_metrics = trainer.evaluate(test, metric_key_prefix="test")
         trainer.log_metrics("test", test_metrics)
-        trainer.save_metrics("test", test_metrics)  # output_dir/test_results.json and all_results.json
-        metrics.update(test_metrics)
     if trainer.is_world_process_zero():
         out = save_pretrained_atomic(
             trainer.model, Path(args.output_dir) / "model", tokenizer=tokenizer, overwrite=True
         )  # the finished-run check came first
+    # eval/test_results.json and all_results.json mark the run finished: written after model/
+    trainer.save_metrics("eval", metrics)
+    if test is not None and len(test):
+        trainer.save_metrics("test", test_metrics)
+        metrics.update(test_metrics)
+    if trainer.is_world_process_zero():
         summary = f"validation label accuracy {metrics.get('eval_accuracy', float('nan')):.4f}"
         if "test_accuracy" in metrics:
             summary += f", test {metrics['test_accuracy']:.4f}"

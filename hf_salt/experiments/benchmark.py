@@ -15,6 +15,7 @@ Run: ``hf-salt benchmark --config benchmarks/configs/cpu.yaml`` (or ``python ben
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -36,6 +37,7 @@ from hf_salt.experiments.metrics import (
 )
 from hf_salt.experiments.report import command_line, hardware, now, write_report
 from hf_salt.experiments.resume import check_resume
+from hf_salt.io import held_here, hold_output
 from hf_salt.salt.schedules import check_kd_steps
 
 
@@ -289,20 +291,25 @@ class Benchmark(Engine):
             worker_cfg["resume_from_checkpoint"] = "latest"
         config_path.write_text(json.dumps(worker_cfg))
         groups = [cfg.seeds[i :: cfg.workers] for i in range(min(cfg.workers, len(cfg.seeds)))]
-        env = dict(os.environ)
-        if cfg.num_threads:
-            env["OMP_NUM_THREADS"] = str(cfg.num_threads)
-        procs = []
-        for group in groups:
-            log = self.out / f"worker-seeds{'-'.join(map(str, group))}.log"
-            cmd = [
-                sys.executable, "-m", "hf_salt.cli.main", "benchmark", "--config", str(config_path),
-                "--seeds", *map(str, group), "--workers", "1", "--report", "false", "--resume", "true",
-            ]  # fmt: skip
-            print(f"[benchmark] worker for seeds {group}: log {log}")
-            with open(log, "w") as handle:
-                procs.append((group, subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env)))
-        failed = [(group, p.wait()) for group, p in procs]
+        # the workers write this output on our behalf (hf_salt.io.HELD_ENV); hold it if the caller does not
+        held = contextlib.nullcontext() if held_here(self.out) else hold_output(self.out, "hf-salt benchmark")
+        with held:
+            env = dict(os.environ)
+            if cfg.num_threads:
+                env["OMP_NUM_THREADS"] = str(cfg.num_threads)
+            procs = []
+            for group in groups:
+                log = self.out / f"worker-seeds{'-'.join(map(str, group))}.log"
+                cmd = [
+                    sys.executable, "-m", "hf_salt.cli.main", "benchmark", "--config", str(config_path),
+                    "--seeds", *map(str, group), "--workers", "1", "--report", "false", "--resume", "true",
+                ]  # fmt: skip
+                print(f"[benchmark] worker for seeds {group}: log {log}")
+                with open(log, "w") as handle:
+                    procs.append(
+                        (group, subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env))
+                    )
+            failed = [(group, p.wait()) for group, p in procs]
         failed = [(g, code) for g, code in failed if code != 0]
         if failed:
             raise RuntimeError(

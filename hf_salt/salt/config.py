@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from transformers import TrainingArguments
@@ -215,7 +215,10 @@ class SALTConfig(SFTDataArguments, TrainingArguments):
             raise ValueError(
                 f"kd_steps must be >= 0 (steps) or in (0, 1) (fraction of max_steps), got {self.kd_steps}."
             )
-        if self.max_steps > 0:
+        if self.max_steps > 0 and self.teacher_model_name_or_path and self.kd_weight > 0:
+            # without a teacher path (plain training, or a teacher passed to SALTTrainer as a model) n_KD is
+            # checked when training starts, by KDScheduleCallback.resolve, and only if there is a teacher;
+            # with kd_weight=0 KD is off whatever kd_steps says
             check_kd_steps(self.kd_steps, self.max_steps)
         if self.kd_schedule not in SCHEDULES:
             raise ValueError(f"kd_schedule must be one of {tuple(SCHEDULES)}, got {self.kd_schedule!r}.")
@@ -239,6 +242,17 @@ class SALTConfig(SFTDataArguments, TrainingArguments):
             raise ValueError(
                 f"teacher_sharding must be one of {TEACHER_SHARDING}, got {self.teacher_sharding!r}."
             )
+
+    def kd_settings_changed(self) -> list[str]:
+        """The SALT fields (KD and teacher settings) whose values differ from their defaults: a run without a
+        teacher uses none of them, so the command line names them in a warning instead of ignoring them."""
+        changed = []
+        for f in fields(SALTConfig):
+            if f.name in _BASE_FIELDS or f.default is MISSING:
+                continue
+            if getattr(self, f.name) != f.default:
+                changed.append(f.name)
+        return changed
 
     def _check_auto(self) -> None:
         """kd_schedule='auto' needs a cap, a KD weight, and logging steps to judge at."""
@@ -286,3 +300,9 @@ def int_or_fraction(value: float, name: str, of: str, allow_zero: bool = False) 
     if not (low_ok and value < 1.0):
         raise ValueError(f"{name}={value} is neither an integer step count nor a fraction {of} in (0, 1).")
     return value
+
+
+# fields of the bases (TrainingArguments, SFT data options): not SALT settings
+_BASE_FIELDS = frozenset(f.name for f in fields(TrainingArguments)) | frozenset(
+    f.name for f in fields(SFTDataArguments)
+)

@@ -202,7 +202,8 @@ class KDScheduleCallback(TrainerCallback, ExportableState):
         later calls return it unchanged. With ``auto`` that first value is the cap; the decision lowers it."""
         if self.kd.kd_steps is None:
             self.kd.kd_steps = resolve_kd_steps(self.kd_steps, max_steps)
-            check_kd_steps(self.kd_steps, max_steps, self.kd.kd_steps)
+            if self.kd_weight > 0 or self.schedule_fn is not None:  # kd_weight=0: KD is off whatever n_KD is
+                check_kd_steps(self.kd_steps, max_steps, self.kd.kd_steps)
         if not self.is_auto:
             self._resolved_start = resolve_decay_start(self.decay_start, self.kd.kd_steps)
         elif self.auto is None:

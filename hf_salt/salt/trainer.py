@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, Trainer
 from transformers.utils import logging
 
-from hf_salt.checks import check_causal_lm, check_positions
+from hf_salt.checks import check_causal_lm, check_model_tokenizer, check_positions
 from hf_salt.data.sft import prepare_trainer_data
 from hf_salt.salt.config import SALTConfig
 from hf_salt.salt.losses import (
@@ -172,6 +172,13 @@ class SALTTrainer(TrainerBase, Trainer):
         if teacher is None:
             raise ValueError(
                 "SALTTrainer needs a teacher: pass teacher_model=... or set teacher_model_name_or_path."
+            )
+        check_model_tokenizer(kwargs.get("processing_class"), teacher, "the teacher")  # before loading it
+        if kd_schedule is None and (args.kd_weight == 0 or args.kd_steps == 0):
+            warnings.warn(
+                f"kd_weight={args.kd_weight}, kd_steps={args.kd_steps}: KD is off, so the teacher is loaded and "
+                "never run; train with a plain Trainer (or hf-salt pretrain, which then skips the teacher).",
+                stacklevel=2,
             )
         teacher = self._load_teacher(teacher, args)
         check_causal_lm(teacher, "the teacher")

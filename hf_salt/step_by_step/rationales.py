@@ -74,6 +74,33 @@ def _read_done(path: Path) -> dict[int, dict[str, Any]]:
     return done
 
 
+def _check_same_inputs(
+    done: dict[int, dict[str, Any]], rows: Sequence[dict[str, Any]], input_column: str, path: Path
+) -> None:
+    """A resume continues the same inputs: rows already in the output must be the rows at those indexes now,
+    or the file would mix generations for two datasets."""
+    differ = [
+        i for i, row in done.items() if i < len(rows) and row.get(input_column) != rows[i].get(input_column)
+    ]
+    if differ:
+        i = min(differ)
+        raise ValueError(
+            f"{path} holds rows generated from other inputs than these ({len(differ)} of {len(done)} differ; row {i}: "
+            f"{done[i].get(input_column)!r} in the file, {rows[i].get(input_column)!r} now): it is the output of "
+            "another --data. Choose another --output, or rerun with the data it was generated from."
+        )
+    beyond = sorted(i for i in done if i >= len(rows))
+    if beyond:
+        logger.warning(
+            "%s holds %d rows beyond the %d inputs given (rows %d..%d); they are kept in the file but not returned.",
+            path,
+            len(beyond),
+            len(rows),
+            beyond[0],
+            beyond[-1],
+        )
+
+
 def _append(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     with path.open("a", encoding="utf-8") as f:
@@ -114,6 +141,11 @@ def generate_rationales(
     """
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError("batch_size and max_new_tokens must be positive.")
+    if "{input}" not in input_template:
+        raise ValueError(
+            f"input_template {input_template!r} has no {{input}}: every row would get the same prompt. Put "
+            "{input} where each row's input goes, e.g. 'Q: {input}\\nA:'."
+        )
     if getattr(model.config, "is_encoder_decoder", False):
         raise ValueError("generate_rationales expects a decoder-only causal LM as the LLM.")
     if isinstance(parser, str):
@@ -138,6 +170,7 @@ def generate_rationales(
     path = Path(output_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = _read_done(path)
+    _check_same_inputs(done, rows, input_column, path)
     todo = [i for i in range(len(rows)) if i not in done]
     if done:
         logger.info("%s: resuming, %d of %d rows already generated.", path, len(rows) - len(todo), len(rows))
