@@ -225,10 +225,14 @@ class _Scorer:
         ref = self.teacher(
             input_ids=ids, attention_mask=am, use_cache=False
         ).logits  # its dtype sets the tolerance
-        ours = self.head(self._hidden(ids, am)).float()
-        if self.transform is not None:
-            ours = self.transform(ours)
-        ok = logits_match(ours, ref)  # the same rule as SALTTrainer's output-path probe
+        try:
+            ours = self.head(self._hidden(ids, am)).float()
+        except (RuntimeError, ValueError):  # a head that projects to another width first (RemBERT)
+            ok = False
+        else:
+            if self.transform is not None:
+                ours = self.transform(ours)
+            ok = logits_match(ours, ref)  # the same rule as SALTTrainer's output-path probe
         if not ok:
             logger.warning(
                 "SALT_DS: %s's logits are not head(last_hidden_state); scoring from the full logits instead "
