@@ -475,3 +475,58 @@ def test_make_demo_does_not_build_deepspeed_and_make_clean_removes_the_demo_outp
     assert "hf-salt-demo" in _make("clean")
     ignored = subprocess.run(["git", "check-ignore", "-q", "hf-salt-demo/results.json"], cwd=REPO)
     assert ignored.returncode == 0
+
+
+# ------------------------------------------------------------------------------------ SALTTrainer API misuse
+def _salt_args(tmp_path: Path) -> SALTConfig:
+    return SALTConfig(
+        output_dir=str(tmp_path / "o"), max_steps=4, kd_steps=2, kd_weight=0.5, use_cpu=True, report_to="none"
+    )
+
+
+def test_the_student_as_its_own_teacher_is_refused(tmp_path):
+    from hf_salt import SALTTrainer
+
+    student = build_model("llama-tiny", vocab_size=128)
+    with pytest.raises(ValueError, match="The teacher shares weights with the student"):
+        SALTTrainer(model=student, args=_salt_args(tmp_path), teacher_model=student)
+
+
+def test_token_ids_outside_the_vocabulary_are_named_at_the_first_batch(tmp_path):
+    from hf_salt import SALTTrainer
+
+    student, teacher = build_model("llama-tiny", vocab_size=128), build_model("llama-tiny", vocab_size=128)
+    trainer = SALTTrainer(model=student, args=_salt_args(tmp_path), teacher_model=teacher)
+    ids = torch.randint(0, 128, (2, 8))
+    ids[1, 3] = 500
+    with pytest.raises(ValueError, match="token id 500, outside the student's vocabulary of 128 ids"):
+        trainer.compute_loss(student, {"input_ids": ids, "labels": ids.clone()})
+
+
+def test_a_teacher_with_peft_adapters_distils_through_its_adapters(tmp_path):
+    """A PeftModel teacher: its adapters take part (fused path through its layers), and its CE is its own."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from hf_salt import SALTTrainer
+
+    student = build_model("llama-tiny", vocab_size=128, seed=0)
+    base = build_model("llama-tiny", vocab_size=128, seed=1)
+    teacher = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    for name, p in teacher.named_parameters():  # non-zero adapters: the teacher is not its base model any more
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        own = float(teacher.eval()(input_ids=ids, labels=ids).loss)
+        without = float(base.eval()(input_ids=ids, labels=ids).loss)
+    assert abs(own - without) > 1e-3
+    trainer = SALTTrainer(model=student, args=_salt_args(tmp_path), teacher_model=teacher)
+    trainer.kd_callback.resolve(4)
+    trainer.kd_state.kd_weight = 0.5
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop; compute_loss reads it
+    student.train()
+    trainer.compute_loss(student, {"input_ids": ids, "labels": ids.clone()})
+    logged = trainer._metrics.pop()
+    assert logged["teacher_ce"] == pytest.approx(own, rel=1e-5)

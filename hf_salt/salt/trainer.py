@@ -182,6 +182,13 @@ class SALTTrainer(TrainerBase, Trainer):
             )
         teacher = self._load_teacher(teacher, args)
         check_causal_lm(teacher, "the teacher")
+        student_params = {id(p) for p in model.parameters()}
+        if teacher is model or any(id(p) in student_params for p in teacher.parameters()):
+            raise ValueError(
+                "The teacher shares weights with the student (the same model passed twice?): KD would pull the "
+                "student towards itself. Pass a separate teacher model, e.g. a copy trained before (or a smaller "
+                "model); to train without KD use a plain Trainer."
+            )
 
         self._kd_schedule_fn = kd_schedule
         callbacks = list(kwargs.pop("callbacks", None) or [])
@@ -211,6 +218,7 @@ class SALTTrainer(TrainerBase, Trainer):
         self._bad_step: torch.Tensor | None = None
         self._teacher_placement = "device"
         self._output_paths: dict[str, OutputPath | None] | None = None  # decided at the first loss
+        self._ids_checked = False
         self.salt_ds_pool = salt_ds_pool
         self._salt_ds_plan: SALTDSPlan | None = None
         if salt_ds_pool is not None:
@@ -270,8 +278,12 @@ class SALTTrainer(TrainerBase, Trainer):
 
     @property
     def _teacher_module(self) -> nn.Module:
+        """The teacher's ``*ForCausalLM`` under a DeepSpeed engine or PEFT adapters (adapters stay active: they
+        sit inside its layers; an adapter on its output layer sends it through its own logits, see the probe)."""
         teacher = self.teacher_model
-        return getattr(teacher, "module", teacher) if not isinstance(teacher, PreTrainedModel) else teacher
+        if not isinstance(teacher, PreTrainedModel) and not is_peft_model(teacher):
+            teacher = getattr(teacher, "module", teacher)
+        return _causal_lm(teacher)
 
     def _check_vocab(self) -> int | None:
         """Return the row count to use when cutting padded vocabularies, None when sizes agree."""
@@ -585,6 +597,8 @@ class SALTTrainer(TrainerBase, Trainer):
                 "SALTTrainer needs `labels` in each batch (e.g. DataCollatorForLanguageModeling(mlm=False))."
             )
         self._check_length(inputs)
+        if not self._ids_checked:
+            self._check_token_ids(inputs)
         training = model.training
         if (
             not training
@@ -643,6 +657,25 @@ class SALTTrainer(TrainerBase, Trainer):
         if training:
             self._record(out, omega, aux)
         return (loss, {"loss": loss.detach()}) if return_outputs else loss
+
+    def _check_token_ids(self, inputs: dict[str, Any]) -> None:
+        """Token ids beyond either model's vocabulary fail deep inside an embedding (or, on CUDA, as a device-side
+        assert): check the first batch once (one host sync per run)."""
+        ids = inputs.get("input_ids")
+        if ids is None or ids.numel() == 0:
+            return
+        rows = {"the student": _head_rows(_causal_lm(self.accelerator.unwrap_model(self.model)))}
+        if self.teacher_model is not None:
+            rows["the teacher"] = _head_rows(self._teacher_module)
+        largest, smallest = int(ids.max()), int(ids.min())
+        for what, n in rows.items():
+            if largest >= n or smallest < 0:
+                raise ValueError(
+                    f"The batch holds token id {largest if largest >= n else smallest}, outside {what}'s "
+                    f"vocabulary of {n} ids: the data was tokenized with another tokenizer (or its vocabulary "
+                    "grew). Tokenize with the models' tokenizer, or resize the models' embeddings first."
+                )
+        self._ids_checked = True
 
     def _check_length(self, inputs: dict[str, Any]) -> None:
         """Refuse sequences longer than either model's positions (a shape check: no device sync)."""
