@@ -243,10 +243,18 @@ def test_vocab_mismatch_and_larger_teacher(tmp_path):
 
 
 def test_nan_teacher_is_a_clear_error(tmp_path):
+    """NaN weights are refused when training starts; finite weights whose logits overflow are caught by the
+    device-side guard and named by the first bad step."""
     teacher = _model(16, 1)
     with torch.no_grad():
         teacher.lm_head.weight[3, 0] = float("nan")
     args = _args(tmp_path, max_steps=3, kd_steps=3, logging_steps=3)
+    trainer = SALTTrainer(model=_model(32, 0), args=args, teacher_model=teacher, train_dataset=_dataset())
+    with pytest.raises(ValueError, match="the teacher has NaN or inf weights in lm_head.weight"):
+        trainer.train()
+    teacher = _model(16, 1)
+    with torch.no_grad():
+        teacher.lm_head.weight[3] = 3e38  # finite, but its logits are not
     trainer = SALTTrainer(model=_model(32, 0), args=args, teacher_model=teacher, train_dataset=_dataset())
     with pytest.raises(FloatingPointError, match="training step 1"):
         trainer.train()
