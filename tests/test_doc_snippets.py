@@ -328,14 +328,23 @@ def test_the_docs_have_runnable_blocks():
     assert sum(b.lang == "python" for b in BLOCKS) >= 10 and sum(b.lang == "shell" for b in BLOCKS) >= 10
 
 
+@pytest.fixture(scope="session")
+def datasets_cache(tmp_path_factory) -> Path:
+    """One `datasets` cache for the session: the corpus is tokenized once per worker, as on a user's machine."""
+    return tmp_path_factory.mktemp("hf-datasets-cache")
+
+
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
-def test_doc_block_runs(block: Block, tmp_path, monkeypatch, capsys):
+def test_doc_block_runs(block: Block, tmp_path, monkeypatch, datasets_cache):
     reason = block.one("skip")
     if reason is not None:
         assert reason.strip(), f'{block.id}: a skipped block needs a reason: skip="why"'
         print(f"{block.id}: not run: {reason}")
         pytest.skip(reason)
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets-cache"))
+    import datasets
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(datasets_cache))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", datasets_cache)  # read once, at import
     monkeypatch.setattr(sys, "argv", ["doc-snippet"])
     with _in(tmp_path):
         if block.lang == "python":
