@@ -321,6 +321,22 @@ def _in(folder: Path):
         os.chdir(cwd)
 
 
+KEYS = {"skip", "setup", "model", "continues", "fill", "sub", "skip_commands"}
+
+
+def test_markers_are_known_and_every_skip_says_why():
+    """A mistyped key (`skp=`) would silently run or skip a block; a skip without a reason hides why."""
+    for block in BLOCKS:
+        unknown = [k for k in block.options if k not in KEYS and not k.startswith("budget.")]
+        assert not unknown, (
+            f"{block.id}: unknown snippet option(s) {unknown}; known: {sorted(KEYS)}, budget.CMD"
+        )
+        for reason in block.options.get("skip", []):
+            assert reason.strip(), f'{block.id}: a skipped block needs a reason: skip="why"'
+        for name in block.options.get("setup", []):
+            assert name in SETUPS, f"{block.id}: unknown setup {name!r}; define it in SETUPS"
+
+
 def test_the_docs_have_runnable_blocks():
     """The collector finds the guides' blocks (a broken fence pattern would make every other test vacuous)."""
     docs = {b.doc for b in BLOCKS}
