@@ -321,6 +321,28 @@ def _in(folder: Path):
         os.chdir(cwd)
 
 
+PATH_IN_TICKS = re.compile(r"`((?:tests|benchmarks|examples|hf_salt|docs|model_cards|shared)/[^`\s]+)`")
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+def test_every_cited_repository_file_exists():
+    """A guide that cites `tests/x.py` or links [a](b.md) names a file of this repository (placeholders such as
+    `<label>` or `*` aside)."""
+    missing = []
+    for path in DOCS:
+        text = path.read_text()
+        cited = [(m, ROOT) for m in PATH_IN_TICKS.findall(text)]
+        cited += [
+            (m, path.parent) for m in LINK.findall(text) if "://" not in m and not m.startswith("mailto:")
+        ]
+        for name, base in cited:
+            name = name.rstrip(".,:;")
+            if any(c in name for c in "<>{}*|") or (base / name).exists():
+                continue
+            missing.append(f"{path.relative_to(ROOT)}: {name}")
+    assert not missing, f"cited but not in the repository: {missing}"
+
+
 KEYS = {"skip", "setup", "model", "continues", "fill", "sub", "skip_commands"}
 
 
