@@ -30,7 +30,7 @@ def test_arm_resolution():
         ExperimentConfig(arms=["nope"])
 
 
-def test_tiny_demo_end_to_end(tmp_path, capsys):
+def test_tiny_demo_end_to_end(tmp_path, capsys, recwarn):
     rng = random.Random(0)
     words = "the cat sat on a mat while dogs ran over hills and rivers under bright morning skies".split()
     corpus = tmp_path / "corpus"
@@ -60,6 +60,9 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
     captured = capsys.readouterr()
     printed = captured.out
     assert "reach baseline" in printed and "curves.png" in printed
+    assert "train wall s" in printed and "raw wall-clock seconds" in printed  # not read as a method's speed
+    # the HyperCloning arms clone with noise: the library's own "keeps the small model's capacity" warning
+    assert not [w for w in recwarn if "keeps the small model's capacity" in str(w.message)]
     # the per-log dicts go to the progress bars' postfix, not to the console as lines of their own
     assert "'loss'" not in captured.out + captured.err and "'eval_loss'" not in captured.out + captured.err
     # every bar is named from the start (no stray "  0%|  | 0/8" first), and it labels what each loss is

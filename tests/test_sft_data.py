@@ -240,3 +240,29 @@ def test_load_step_by_step_reads_prompt_completion_files(tmp_path):
     )
     with pytest.raises(ValueError, match="chat template"):
         load_step_by_step(str(chat))
+
+
+def test_padding_free_rows_longer_than_the_positions_are_checked_per_sequence(tmp_path, tok, models):
+    """bfd packing flattens a batch into one row longer than llama-tiny's 256 positions; each packed sequence
+    fits, so it trains. A sequence that itself exceeds the positions is still refused, naming the limit."""
+    limit = models[0].config.max_position_embeddings
+    ds = _text(160)
+    trainer = _salt(tmp_path, tok, models, ds, packing=True, max_length=128)
+    trainer.args.per_device_train_batch_size = 8  # 8 rows of up to 128 tokens: ~1,000 flattened tokens
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["input_ids"].shape[0] == 1 and batch["input_ids"].shape[1] > limit  # the case under test
+    trainer.train()
+    assert trainer.state.global_step == 2
+
+    flat = {k: v for k, v in batch.items() if k not in ("max_length_q", "max_length_k")}
+    trainer._check_length(flat)  # without the collator's max_length_q: read from position_ids
+    long_row = {
+        "input_ids": torch.zeros(1, limit + 8, dtype=torch.long),
+        "position_ids": torch.arange(limit + 8).unsqueeze(0),
+    }
+    with pytest.raises(
+        ValueError, match=f"sequences of {limit + 8} tokens are longer than the model's {limit}"
+    ):
+        trainer._check_length(long_row)
+    with pytest.raises(ValueError, match="longer than the model's"):  # no position_ids: one sequence
+        trainer._check_length({"input_ids": torch.zeros(1, limit + 8, dtype=torch.long)})

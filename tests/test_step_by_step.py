@@ -307,3 +307,22 @@ def test_label_metrics():
         "exact_match": 0.0,
         "accuracy": 1.0,
     }
+
+
+def test_generated_rationales_without_gold_labels_load_with_the_llm_labels(tmp_path):
+    """`hf-salt generate-rationales` writes input/rationale/llm_label rows and no `label`; the step-by-step
+    guide trains on them with --use_llm_labels, so they load with the LLM's label standing in."""
+    rows = [
+        {
+            "input": f"q{i}",
+            "rationale": f"because {i}",
+            "llm_label": f"(a{i})",
+            "raw_output": "",
+            "parse_ok": True,
+        }
+        for i in range(10)
+    ]
+    (tmp_path / "rationales.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    ds = load_step_by_step(tmp_path / "rationales.jsonl", valid_fraction=0.2)
+    for split in ds.values():
+        assert split["label"] == split["llm_label"] and all(split["label"])

@@ -38,6 +38,7 @@ SCALES: dict[str, dict] = {
         eval_every=4,
         eval_blocks=8,
         warmup_steps=0,
+        hypercloning_snr_db=10.0,  # as at every scale: without noise the clone's copies never separate
     ),
     "gpu": dict(
         teacher_preset="llama-40m",
@@ -53,6 +54,7 @@ SCALES: dict[str, dict] = {
         eval_blocks=256,
         eval_batch_size=32,
         bf16=True,
+        hypercloning_snr_db=10.0,
     ),
 }
 

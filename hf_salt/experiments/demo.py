@@ -146,7 +146,18 @@ def plot_curves(results: dict[str, Any], path: Path) -> Path:
 
 def format_table(results: dict[str, Any]) -> str:
     """A plain-text table of the results."""
-    rows = [("model", "val loss", "val ppl", "steps", "reach baseline", "train s", "teacher s", "total s")]
+    rows = [
+        (
+            "model",
+            "val loss",
+            "val ppl",
+            "steps",
+            "reach baseline",
+            "train wall s",
+            "teacher wall s",
+            "total wall s",
+        )
+    ]
     t = results["teacher"]
     rows.append(
         (
@@ -178,4 +189,8 @@ def format_table(results: dict[str, Any]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append(
+        "wall s: raw wall-clock seconds, arms run one after another, so other load on the machine changes them; "
+        "compare methods by steps ('reach baseline'), not by these seconds."
+    )
     return "\n".join(lines)

@@ -678,16 +678,33 @@ class SALTTrainer(TrainerBase, Trainer):
         self._ids_checked = True
 
     def _check_length(self, inputs: dict[str, Any]) -> None:
-        """Refuse sequences longer than either model's positions (a shape check: no device sync)."""
+        """Refuse sequences longer than either model's positions (a shape check: no device sync).
+
+        A padding-free batch (TRL's collator with `padding_free`, on by itself with bfd packing) is one
+        flattened row of several sequences whose `position_ids` restart at each one, so the row may be far
+        longer than the positions while every sequence fits: it is checked per sequence. The longest is the
+        collator's `max_length_q` (a Python int, no sync); only a flattened row without it that is longer
+        than a limit reads `position_ids.max()` (one sync, on such batches only).
+        """
+        from hf_salt.checks import position_limit
+
         ids = inputs.get("input_ids")
         if ids is None:
             return
         student = _causal_lm(self.accelerator.unwrap_model(self.model))
-        for what, lm in (("the student", student), ("the teacher", self._teacher_module)):
-            if lm is not None:
-                check_positions(
-                    ids.shape[-1], lm.config, f"SALTTrainer ({what})", "Pack the data into shorter blocks."
-                )
+        pairs = (("the student", student), ("the teacher", self._teacher_module))
+        models = [(what, lm) for what, lm in pairs if lm is not None]
+        length = ids.shape[-1]
+        limits = [limit for _, lm in models if (limit := position_limit(lm.config))]
+        position_ids = inputs.get("position_ids")
+        if limits and length > min(limits) and ids.shape[0] == 1 and position_ids is not None:
+            longest = inputs.get("max_length_q")
+            if isinstance(longest, int):
+                length = longest
+            else:
+                length = int(position_ids.max()) + 1
+        for what, lm in models:
+            check_positions(length, lm.config, f"SALTTrainer ({what})", "Pack the data into shorter blocks.")
 
     # ------------------------------------------------------------------------------------------------ logging
     def _record(self, out: KDLossOutput, omega: float, aux: torch.Tensor | None = None) -> None:

@@ -204,10 +204,18 @@ def _normalise_user(ds: Dataset, source: str) -> Dataset:
                 "chat_template>."
             )
         ds = from_prompt_completion(ds)  # TRL prompt/completion rows: prompt -> input, completion -> label
+    if "label" not in ds.column_names and "llm_label" in ds.column_names:
+        # `hf-salt generate-rationales` output has no gold labels: the LLM's labels stand in (for
+        # --use_llm_labels training), so validation accuracy measures agreement with the LLM.
+        logger.warning(
+            "%s has no `label` column: using `llm_label` as the label, so accuracy is agreement with the LLM.",
+            source,
+        )
+        ds = ds.add_column("label", list(ds["llm_label"]))
     missing = [c for c in ("input", "label") if c not in ds.column_names]
     if missing:
         raise ValueError(
-            f"{source}: needs the columns input and label (rationale and llm_label optional); missing {missing}. "
+            f"{source}: needs the columns input and label (or llm_label; rationale optional); missing {missing}. "
             f"Found {ds.column_names}."
         )
     for col in ("rationale", "llm_label"):
