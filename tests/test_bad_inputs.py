@@ -514,7 +514,8 @@ def test_a_teacher_with_peft_adapters_distils_through_its_adapters(tmp_path):
     student = build_model("llama-tiny", vocab_size=128, seed=0)
     base = build_model("llama-tiny", vocab_size=128, seed=1)
     teacher = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
-    for name, p in teacher.named_parameters():  # non-zero adapters: the teacher is not its base model any more
+    # non-zero adapters: the teacher is not its base model any more
+    for name, p in teacher.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.5)
     ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))
