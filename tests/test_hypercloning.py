@@ -493,3 +493,20 @@ def test_bad_tolerance_is_refused() -> None:
     for bad in (-1, 0, float("nan"), float("inf"), "1e-4"):
         with pytest.raises(ValueError, match="tolerance"):
             hc.clone(_source("llama3-gqa-rope-scaling"), 2, snr_db=10.0, tolerance=bad)
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "gemma2", "gemma3_text", "deepseek_v3", "falcon_h1"])
+def test_skipping_verification_gives_the_same_clone(model_type: str) -> None:
+    """verify=False used to keep the first layout candidates: wrong fused sections (GPT-2 c_attn, Falcon-H1's
+    Mamba in_proj) and Gemma's sqrt(hidden) embedding scale uncompensated. The layouts no longer depend on it."""
+    from hf_salt.hypercloning.tiny import build_tiny
+
+    src = build_tiny(model_type)
+    checked = _clone(src, 2)
+    unchecked = _clone(src, 2, verify=False)
+    a, b = checked.state_dict(), unchecked.state_dict()
+    assert a.keys() == b.keys()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    assert hc.verify(src, unchecked) <= ATOL
+    assert unchecked.config.hypercloning["verified"] is False  # the flag still says what was skipped
+    assert unchecked.config.hypercloning["probe_max_logit_diff"] <= ATOL

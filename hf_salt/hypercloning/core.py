@@ -4,7 +4,8 @@ Reference: Samragh et al., "Scaling Smart: Accelerating Large Language Model Pre
 Model Initialization", arXiv 2409.12903 (2024). Our own implementation: the growth is read off the model
 (config width fields, module types, parameter shapes, a traced forward where shapes are ambiguous; see
 ``engine.py``), the destination is built with empty weights and each grown tensor is written once, so peak
-memory is source + destination. Every clone is checked by a traced forward unless ``verify=False``.
+memory is source + destination. The layouts are always chosen by a traced forward of source and clone (so
+``verify=False`` never changes the clone); ``verify`` decides whether a remaining difference is a refusal.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from hf_salt.zoo import parse_dtype
 
 from . import engine
 from .probe import probe_inputs, trace
-from .refusals import HyperCloningRefused
+from .refusals import HyperCloningRefused, UnverifiedCloneWarning
 from .validation import check_grow_args, check_source_folder, check_tolerance
 
 DepthMode = Literal["interleave", "append"]
@@ -126,7 +127,10 @@ def clone(
     norm), False unties. ``dtype``: destination dtype (default: the source's; ``torch_dtype`` is a deprecated
     alias). ``verify`` (default on): a traced forward of source and clone on 2 x 8 tokens must agree within
     ``tolerance`` (1e-4 relative in float32, 5e-2 in 16-bit), else :class:`HyperCloningRefused` names the first
-    module whose output diverged; ``verify=False`` skips it for very large models.
+    module whose output diverged. That traced forward also chooses the layouts, so it runs with ``verify=False``
+    too and the clone is the same tensor for tensor; ``verify=False`` only skips the re-check after the noise
+    and turns a remaining difference into a warning (``config.hypercloning['verified']`` is then False).
+    The probe's max |logit difference| is recorded in ``config.hypercloning['probe_max_logit_diff']``.
     """
     n, m, depth, snr_db = check_grow_args(
         width_multiplier, ffn_multiplier, depth_multiplier, snr_db, depth_mode, tolerance
@@ -174,18 +178,18 @@ def clone(
                 **wide.config.hypercloning,
                 "depth_multiplier": depth,
                 "depth_mode": depth_mode,
+                "verified": wide.config.hypercloning["verified"] and deep.config.hypercloning["verified"],
+                "probe_max_logit_diff": deep.config.hypercloning["probe_max_logit_diff"],
             }
             deep.config._name_or_path = deep.config._name_or_path.replace("-hypercloned-1x", "")
             return deep
-    source_trace = None
-    if verify or keep_tie:
-        try:
-            source_trace = trace(model, ids, mask, keep_inputs=True)
-        except Exception as err:
-            raise ValueError(
-                f"The source model's own forward fails on a 2 x 8 probe batch ({type(err).__name__}: {err}), so the "
-                "clone cannot be checked against it. Fix the source, or pass verify=False (untied models only)."
-            ) from err
+    try:  # always: the layouts are chosen against it, whatever ``verify`` says
+        source_trace = trace(model, ids, mask, keep_inputs=True)
+    except Exception as err:
+        raise ValueError(
+            f"The source model's own forward fails on a 2 x 8 probe batch ({type(err).__name__}: {err}), so the "
+            "clone's layouts cannot be chosen against it. Fix the source model so that its forward runs."
+        ) from err
     source_name = getattr(model.config, "_name_or_path", "") or type(model).__name__
     suffix = f"hypercloned-{n}x" + (f"-ffn{m}x" if m != n else "") + (f"-depth{depth}x" if depth > 1 else "")
 
@@ -200,7 +204,7 @@ def clone(
     emb_grows = tuple(dest.get_input_embeddings().weight.shape) != tuple(
         model.get_input_embeddings().weight.shape
     )
-    if keep_tie and emb_grows and source_trace is not None:
+    if keep_tie and emb_grows:
         # a tied head reads tile(E) but needs tile(E)/n: the norm that feeds it is rescaled instead
         final_norm, final_index = engine._final_norm(model, source_trace)
         if final_norm is None:
@@ -226,21 +230,29 @@ def clone(
                 if name.startswith(final_norm + ".") and name.endswith("weight"):
                     plan.offsets[name] = offset
 
+    engine.embedding_scale_prior(model, plan, source_trace, ids, n)  # before the tensors are filled
     engine.assign_all(model, plan, src_dtype, progress=f"HyperCloning {n}x" if progress else None)
-    if verify:
-        check = engine.Check(
-            model, ids, mask, source_trace, engine.hidden_sizes(model.config), n, tol, final_index, depth > 1
-        )
-        try:
-            engine.search(model, plan, check, src_dtype)
-        except HyperCloningRefused as err:
-            if depth > 1 and err.reason == "mismatch" and n == 1:
-                raise HyperCloningRefused(
-                    "not-pre-norm",
-                    f"{err.detail}: the identity blocks are not identities here (post-norm, or a residual branch "
-                    "whose output projection is not recognised)",
-                ) from err
+    check = engine.Check(
+        model, ids, mask, source_trace, engine.hidden_sizes(model.config), n, tol, final_index, depth > 1
+    )
+    exact = True
+    try:  # the layout search runs whatever ``verify`` says: skipping it would change the clone
+        engine.search(model, plan, check, src_dtype)
+    except HyperCloningRefused as err:
+        if depth > 1 and err.reason == "mismatch" and n == 1:
+            raise HyperCloningRefused(
+                "not-pre-norm",
+                f"{err.detail}: the identity blocks are not identities here (post-norm, or a residual branch "
+                "whose output projection is not recognised)",
+            ) from err
+        if verify or err.reason != "mismatch":
             raise
+        exact = False
+        warnings.warn(
+            f"verify=False: the clone is NOT the source's function ({err.detail}); returned unverified.",
+            UnverifiedCloneWarning,
+            stacklevel=2,
+        )
     if snr_db is not None and (n > 1 or m > 1):
         engine.add_noise(plan, snr_db, seed)
         if verify:
@@ -263,7 +275,8 @@ def clone(
         "depth_mode": depth_mode,
         "snr_db": snr_db,
         "final_norm_scale": scale,
-        "verified": bool(verify),
+        "verified": bool(verify and exact),
+        "probe_max_logit_diff": check.max_logit_diff,
         "paper": "arXiv:2409.12903",
     }
     dest.train(model.training)

@@ -17,6 +17,10 @@ REASONS: dict[str, tuple[bool, str]] = {
 }
 
 
+class UnverifiedCloneWarning(UserWarning):
+    """``verify=False`` and the clone differs from its source: returned, but never written by ``hf-salt grow``."""
+
+
 class HyperCloningRefused(NotImplementedError):
     """The model cannot be grown exactly; ``reason`` is a key of :data:`REASONS`."""
 
