@@ -510,3 +510,38 @@ def test_skipping_verification_gives_the_same_clone(model_type: str) -> None:
     assert hc.verify(src, unchecked) <= ATOL
     assert unchecked.config.hypercloning["verified"] is False  # the flag still says what was skipped
     assert unchecked.config.hypercloning["probe_max_logit_diff"] <= ATOL
+
+
+@pytest.mark.parametrize("name", ["llama3-gqa-rope-scaling", "gpt2", "phi3-fused"])
+def test_noise_power_is_set_per_head(name: str) -> None:
+    """With uneven head norms (x10 and x0.1) every head of every noised projection gets snr_db (10 dB).
+
+    A per-tensor noise power gave the small heads far more noise than signal (-9 to +15 dB per head)."""
+    import copy
+
+    src = copy.deepcopy(_source(name))
+    head = getattr(src.config, "head_dim", None) or src.config.hidden_size // src.config.num_attention_heads
+    with torch.no_grad():
+        for module_name, module in src.named_modules():
+            w = getattr(module, "weight", None)
+            if module_name.endswith(("q_proj", "qkv_proj", "c_attn", "k_proj", "v_proj")) and w is not None:
+                rows = w if not isinstance(module, T.pytorch_utils.Conv1D) else w.T
+                rows[:head] *= 10.0
+                rows[-head:] *= 0.1
+    plain, noisy = _clone(src, 2), _clone(src, 2, snr_db=10.0)
+    assert hc.verify(src, noisy) <= ATOL
+    checked = 0
+    for k, clean in plain.state_dict().items():
+        noise = noisy.state_dict()[k] - clean
+        if clean.dim() != 2 or not noise.any():
+            continue
+        conv1d = isinstance(plain.get_submodule(k.rpartition(".")[0]), T.pytorch_utils.Conv1D)
+        clean, noise = (x.T if conv1d else x for x in (clean, noise))  # [out rows, in columns]
+        width = clean.shape[1] // 2  # the first input copy (W/2) carries +N, the second -N
+        for r in range(0, clean.shape[0], head):
+            signal = clean[r : r + head, :width].double().pow(2).mean()
+            power = noise[r : r + head, :width].double().pow(2).mean()
+            snr = 10 * torch.log10(signal / power)
+            assert abs(float(snr) - 10.0) < 0.05, (k, r, float(snr))
+            checked += 1
+    assert checked >= 8

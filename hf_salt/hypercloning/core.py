@@ -254,7 +254,7 @@ def clone(
             stacklevel=2,
         )
     if snr_db is not None and (n > 1 or m > 1):
-        engine.add_noise(plan, snr_db, seed)
+        engine.add_noise(plan, snr_db, seed, block=engine.head_size(model.config))
         if verify:
             div, _ = check.divergence(plan.dest)
             if div is not None:

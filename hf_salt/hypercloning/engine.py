@@ -669,16 +669,40 @@ def embedding_scale_prior(model: PreTrainedModel, p: Plan, src_trace, ids: torch
     return changed
 
 
-def add_noise(p: Plan, snr_db: float, seed: int) -> None:
-    """Function-preserving +/- noise in every contracted layer except embeddings and the output head."""
+def head_size(config: PretrainedConfig) -> int:
+    """The attention head size (``head_dim`` or hidden / heads; 0 when the config names neither)."""
+    c = text_config(config)
+    f = vars(c)
+    if isinstance(f.get("head_dim"), int) and f["head_dim"] > 0:
+        return f["head_dim"]
+    hidden = next((f[k] for k in ("hidden_size", "n_embd", "d_model") if isinstance(f.get(k), int)), 0)
+    heads = next(
+        (f[k] for k in ("num_attention_heads", "n_head", "num_heads") if isinstance(f.get(k), int)), 0
+    )
+    return hidden // heads if hidden and heads else 0
+
+
+def add_noise(p: Plan, snr_db: float, seed: int, block: int = 0) -> None:
+    """Function-preserving +/- noise in every contracted layer except embeddings and the output head.
+
+    The noise power is set per ``block`` output rows (the head size: one head of q/k/v), see ``add_noise_pairs``.
+    """
     generator = torch.Generator().manual_seed(seed)
     for layout in p.layouts.values():
         if layout.kind in ("linear", "conv1d", "raw", "conv") and layout.choice.contract:
             for name in layout.members:
                 if name in p.zero or name in layout.project:
                     continue
+                t = _tensor(p.dest, name)
+                kept = [a for a in range(t.dim()) if a not in layout.choice.contract]
+                if not kept:
+                    out_axis = 0
+                elif layout.kind in ("linear", "conv"):
+                    out_axis = 0
+                else:  # GPT-2 Conv1D [in, out], raw expert tensors [E, out, in] / [E, in, out]
+                    out_axis = kept[-1]
                 with torch.no_grad():
-                    add_noise_pairs(_tensor(p.dest, name), layout.choice, snr_db, generator)
+                    add_noise_pairs(t, layout.choice, snr_db, generator, out_axis=out_axis, block=block)
 
 
 def check_source(model: PreTrainedModel) -> None:
