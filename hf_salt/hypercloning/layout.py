@@ -10,6 +10,7 @@ the engine tries them against a traced forward (``probe.py``).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -54,6 +55,14 @@ class Layout:
 
 def _decompositions(size: int, dest: int, atoms: list[tuple[int, int]], limit: int = 48) -> list[Segments]:
     """Ordered splits of an axis of ``size`` into named widths whose grown sizes add up to ``dest``."""
+    return list(_decompositions_cached(size, dest, tuple(atoms), limit))
+
+
+@functools.lru_cache(maxsize=1024)
+def _decompositions_cached(
+    size: int, dest: int, atoms: tuple[tuple[int, int], ...], limit: int
+) -> tuple[Segments, ...]:
+    """The search behind ``_decompositions``: every layer repeats the same axis sizes, so it runs once each."""
     usable = sorted((a for a in atoms if a[0] <= size), reverse=True)
     found: list[Segments] = []
 
@@ -72,7 +81,7 @@ def _decompositions(size: int, dest: int, atoms: list[tuple[int, int]], limit: i
 
     for k in range(2, 6):  # fewest sections first
         walk(size, dest, [], k)
-    return found
+    return tuple(found)
 
 
 def axis_candidates(size: int, dest: int, atoms: list[tuple[int, int]]) -> list[Segments]:
