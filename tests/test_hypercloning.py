@@ -12,7 +12,7 @@ import torch
 import transformers as T
 
 from hf_salt import hypercloning as hc
-from hf_salt.hypercloning import engine
+from hf_salt.hypercloning import core, engine
 from hf_salt.hypercloning.engine import RESIDUAL_OUT
 
 ATOL = 1e-5
@@ -352,12 +352,29 @@ def test_bad_multipliers(bad, monkeypatch) -> None:
 
 
 def test_alibi_is_refused_before_anything_is_built(monkeypatch) -> None:
+    """2 -> 4 BLOOM heads: the 4-head slopes (2^-2, 2^-4, 2^-6, 2^-8) contain the 2-head ones (2^-4, 2^-8), so an
+    exact clone with dormant heads exists: the refusal says "not built yet", not "impossible"."""
     monkeypatch.setattr(engine, "build_empty", lambda *a: pytest.fail("built before refusing"))
     cfg = T.BloomConfig(vocab_size=VOCAB, hidden_size=16, n_layer=1, n_head=2)
-    with pytest.raises(hc.HyperCloningRefused, match=r"(?s)alibi.*impossible.*slope") as err:
+    with pytest.raises(hc.HyperCloningRefused, match=r"(?s)alibi.*not supported yet.*slope") as err:
         hc.clone(T.AutoModelForCausalLM.from_config(cfg), 2)
-    assert err.value.reason == "alibi" and err.value.impossible
+    assert err.value.reason == "alibi-dormant-heads" and not err.value.impossible
     assert isinstance(err.value, NotImplementedError)
+    from transformers.models.bloom.modeling_bloom import build_alibi_tensor
+
+    for heads in (2, 3, 4, 6, 8, 12):  # our slope formula is BLOOM's own
+        mask = torch.ones(1, 2)
+        theirs = build_alibi_tensor(mask, heads, torch.float64)[:, 0, 1]  # position 1: the slope itself
+        ours = torch.tensor([2.0**-e for e in core.alibi_slopes(heads)], dtype=torch.float64)
+        assert torch.allclose(theirs, ours)
+
+
+def test_sinusoid_tables_computed_from_the_width_are_impossible(monkeypatch) -> None:
+    monkeypatch.setattr(engine, "build_empty", lambda *a: pytest.fail("built before refusing"))
+    cfg = T.XGLMConfig(vocab_size=VOCAB, d_model=16, num_layers=1, attention_heads=2, ffn_dim=32)
+    with pytest.raises(hc.HyperCloningRefused, match="sinusoidal") as err:
+        hc.clone(T.AutoModelForCausalLM.from_config(cfg), 2)
+    assert err.value.reason == "width-dependent-function" and err.value.impossible
 
 
 def test_head_layout_that_cannot_grow(monkeypatch) -> None:

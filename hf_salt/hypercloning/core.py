@@ -11,6 +11,7 @@ memory is source + destination. The layouts are always chosen by a traced forwar
 from __future__ import annotations
 
 import copy
+import math
 import os
 import warnings
 from typing import Any, Literal
@@ -27,6 +28,25 @@ from .validation import check_grow_args, check_source_folder, check_tolerance
 
 DepthMode = Literal["interleave", "append"]
 _ALIBI_TYPES = frozenset({"bloom"})  # families whose attention is always ALiBi (no config switch)
+# position tables computed from the width (sinusoids with frequencies 10000^(-2i/d)): tiling cannot keep them
+_SINUSOID_TYPES = {
+    "ctrl": "its sinusoidal position table is computed from n_embd",
+    "xglm": "its sinusoidal position embedding is computed from d_model",
+    "xlnet": "its sinusoidal relative position encoding is computed from d_model",
+}
+
+
+def alibi_slopes(heads: int, max_bias: float = 8.0, mpt: bool = False) -> list[float]:
+    """ALiBi slopes as base-2 exponents (slope = 2**-e): BLOOM's ``build_alibi_tensor``, or MPT's ``gen_slopes``."""
+    if mpt:
+        padded = 2 ** math.ceil(math.log2(heads))
+        exps = [i * max_bias / padded for i in range(1, padded + 1)]
+        return (exps[1::2] + exps[::2])[:heads] if padded != heads else exps
+    closest = 2 ** math.floor(math.log2(heads))
+    exps = [i * 8.0 / closest for i in range(1, closest + 1)]
+    if closest != heads:
+        exps += [i * 8.0 / (2 * closest) for i in range(1, 2 * (heads - closest), 2)]
+    return exps
 
 
 def _check_model(model: Any) -> None:
@@ -48,8 +68,40 @@ def _check_model(model: Any) -> None:
             )
 
 
-def _check_heads(config: PretrainedConfig) -> None:
+def _check_alibi(config: PretrainedConfig, c: PretrainedConfig, n: int) -> None:
+    """ALiBi: impossible when a source slope is missing from the grown set, else not built yet (dormant heads)."""
+    f = {**vars(config), **vars(c)}
+    heads = next((f[k] for k in ("num_attention_heads", "n_head", "n_heads") if isinstance(f.get(k), int)), 0)
+    if n == 1:  # depth only: the head count and so every slope stays
+        return
+    mpt = config.model_type == "mpt"
+    max_bias = float(f.get("alibi_bias_max", 8.0) or 8.0)
+    if heads:
+        small, big = alibi_slopes(heads, max_bias, mpt), alibi_slopes(heads * n, max_bias, mpt)
+        if all(any(math.isclose(a, b) for b in big) for a in small):
+            raise HyperCloningRefused(
+                "alibi-dormant-heads",
+                f"{config.model_type} uses ALiBi: the slopes of {heads * n} heads include all {heads} source slopes, "
+                "so an exact clone would put each source head at its own slope and leave the others dormant; "
+                "tiled copies would see different slopes, and that head placement is not built yet.",
+            )
+    raise HyperCloningRefused(
+        "alibi",
+        f"{config.model_type} uses ALiBi: each head's position-bias slope is computed from the number of heads, "
+        f"and the slopes of {heads * n} heads do not include every one of the {heads} source slopes, so no "
+        "placement of the source heads keeps their biases.",
+    )
+
+
+def _check_heads(config: PretrainedConfig, n: int = 2) -> None:
     """Refuse what no tiling can keep, before anything is allocated."""
+    reason = _SINUSOID_TYPES.get(config.model_type)
+    if reason and n > 1:
+        raise HyperCloningRefused(
+            "width-dependent-function",
+            f"{config.model_type}: {reason}, so the grown model's table (frequencies 10000^(-2i/(n*d))) is not n "
+            "copies of the source's.",
+        )
     for c in {id(c): c for c in (config, engine.text_config(config), *vars(config).values())}.values():
         if not isinstance(c, PretrainedConfig):
             continue
@@ -60,11 +112,7 @@ def _check_heads(config: PretrainedConfig) -> None:
             or f.get("use_alibi") is True
             or (f.get("position_embedding_type") == "alibi")
         ):
-            raise HyperCloningRefused(
-                "alibi",
-                f"{config.model_type} uses ALiBi: each head's position-bias slope is computed from the number of "
-                "heads, so the grown model's heads would see different slopes than the copies they are made of.",
-            )
+            _check_alibi(config, c, n)
         heads = f.get("num_attention_heads")
         kv = f.get("num_key_value_heads")
         if isinstance(heads, int) and isinstance(kv, int) and kv > 0 and heads % kv:
@@ -140,7 +188,7 @@ def clone(
     out_dtype = _resolve_dtype(dtype, torch_dtype, src_dtype)
     if tie_word_embeddings is not None and not isinstance(tie_word_embeddings, bool):
         raise ValueError(f"tie_word_embeddings must be None, True or False, got {tie_word_embeddings!r}.")
-    _check_heads(model.config)
+    _check_heads(model.config, n)
     src_tied = _source_tie(model)
     if tie_word_embeddings and not src_tied:
         raise ValueError(
