@@ -369,6 +369,16 @@ def test_alibi_is_refused_before_anything_is_built(monkeypatch) -> None:
         assert torch.allclose(theirs, ours)
 
 
+def test_alibi_depth_growth_keeps_every_slope() -> None:
+    """Depth only: the head count, and so every ALiBi slope, stays; the new blocks are exact identities."""
+    torch.manual_seed(0)
+    cfg = T.BloomConfig(vocab_size=VOCAB, hidden_size=16, n_layer=2, n_head=2)
+    src = _randomise(T.AutoModelForCausalLM.from_config(cfg)).eval()
+    deep = hc.grow_depth(src, 2)
+    assert deep.config.n_layer == 4 and deep.config.hypercloning["verified"]
+    assert hc.verify(src, deep) <= ATOL
+
+
 def test_sinusoid_tables_computed_from_the_width_are_impossible(monkeypatch) -> None:
     monkeypatch.setattr(engine, "build_empty", lambda *a: pytest.fail("built before refusing"))
     cfg = T.XGLMConfig(vocab_size=VOCAB, d_model=16, num_layers=1, attention_heads=2, ffn_dim=32)

@@ -85,11 +85,15 @@ def _check_alibi(config: PretrainedConfig, c: PretrainedConfig, n: int) -> None:
                 "so an exact clone would put each source head at its own slope and leave the others dormant; "
                 "tiled copies would see different slopes, and that head placement is not built yet.",
             )
+    missing = (
+        f"the slopes of {heads * n} heads do not include every one of the {heads} source slopes"
+        if heads
+        else "the head count is not in the config, so the grown slopes cannot be compared"
+    )
     raise HyperCloningRefused(
         "alibi",
         f"{config.model_type} uses ALiBi: each head's position-bias slope is computed from the number of heads, "
-        f"and the slopes of {heads * n} heads do not include every one of the {heads} source slopes, so no "
-        "placement of the source heads keeps their biases.",
+        f"and {missing}, so no placement of the source heads keeps their biases.",
     )
 
 
