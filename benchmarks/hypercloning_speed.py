@@ -10,6 +10,14 @@ The source is built from a config with random weights (no download); the default
 
 With ``--compare-with`` the runs are interleaved in one process (old, new, new with verification, ...), so
 load from other jobs affects every variant alike.
+
+``--pipeline`` times what ``hf-salt grow`` does end to end (load the saved source, grow, save), interleaved:
+the floor (load + tile + save, no forward at all), the default (verified) grow, ``--no_verify``, and with
+``--compare-with`` the other implementation's grow (its clone, then its CLI's second ``verify()`` on 2x16
+tokens). ``--family gemma3`` uses a Gemma-3 text model (its ``sqrt(hidden)`` embedding scale):
+
+    python benchmarks/hypercloning_speed.py --pipeline --family gemma3 --hidden 512 --ffn 2048 --layers 8 \
+        --heads 8 --kv_heads 2 --vocab 32000 --compare-with /tmp/old/hf_salt/hypercloning --repeats 2
 """
 
 from __future__ import annotations
@@ -67,8 +75,15 @@ def main() -> None:
     )
     ap.add_argument("--compare-with", default=None, help="folder of another hypercloning package to time too")
     ap.add_argument("--repeats", type=int, default=1, help="interleaved repetitions with --compare-with")
+    ap.add_argument("--pipeline", action="store_true", help="time load + grow + save against the floor")
+    ap.add_argument(
+        "--family", default="llama", choices=["llama", "gemma3"], help="source family (--pipeline)"
+    )
     args = ap.parse_args()
     dtype = parse_dtype(args.dtype, "--dtype")
+    if args.pipeline:
+        pipeline(args, dtype)
+        return
     cfg = LlamaConfig(
         hidden_size=args.hidden, intermediate_size=args.ffn, num_hidden_layers=args.layers,
         num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, vocab_size=args.vocab,
@@ -154,6 +169,87 @@ def compare(src: torch.nn.Module, args: argparse.Namespace) -> None:
             del big
     for name, ts in times.items():
         print(f"{name:20s} min {min(ts):.1f}s  mean {sum(ts) / len(ts):.1f}s over {len(ts)}")
+
+
+def _source_config(args: argparse.Namespace):
+    from transformers import Gemma3TextConfig
+
+    common = dict(
+        hidden_size=args.hidden, intermediate_size=args.ffn, num_hidden_layers=args.layers,
+        num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, vocab_size=args.vocab,
+        tie_word_embeddings=True,
+    )  # fmt: skip
+    if args.family == "gemma3":
+        return Gemma3TextConfig(head_dim=args.hidden // args.heads, **common)
+    return LlamaConfig(**common)
+
+
+def _floor(folder: str, width: int, out: str) -> None:
+    """Load + tile + save with no forward pass: plan and assign every tensor, nothing checked."""
+    from hf_salt.hypercloning import engine
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto")
+    dest = engine.build_empty(model, engine.grown_config(model, width, width, 1, "interleave", None))
+    norm = model.model.norm  # the norm before the tied head (named here: finding it needs a forward)
+    final_norm = next(k for k, v in model.named_modules() if v is norm)
+    plan = engine.plan(model, dest, width, width, 1, "interleave", True, final_norm)
+    engine.assign_all(model, plan, next(model.parameters()).dtype)
+    plan.dest.save_pretrained(out)
+
+
+def _grow(folder: str, width: int, out: str, verify: bool, package=hc, cli_verify: bool = False) -> None:
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto")
+    big = package.clone(model, width, warn_symmetry=False, verify=verify)
+    if cli_verify:  # the other implementation's CLI checked the logits again on 2x16 tokens
+        package.verify(model, big)
+    big.save_pretrained(out)
+
+
+def pipeline(args: argparse.Namespace, dtype: torch.dtype) -> None:
+    """Interleaved end-to-end timings of ``hf-salt grow``'s work against the load + tile + save floor."""
+    import gc
+    import shutil
+    import tempfile
+
+    torch.manual_seed(0)
+    src = AutoModelForCausalLM.from_config(_source_config(args), dtype=dtype).eval()
+    tmp = tempfile.mkdtemp(prefix="hc-speed-")
+    try:
+        folder = os.path.join(tmp, "src")
+        src.save_pretrained(folder)
+        print(
+            f"source: {args.family}, {src.num_parameters() / 1e6:.1f}M params {args.dtype}, grown {args.width}x"
+        )
+        del src
+        variants = {
+            "floor (load+tile+save)": lambda out: _floor(folder, args.width, out),
+            "grow (default, verified)": lambda out: _grow(folder, args.width, out, True),
+            "grow --no_verify": lambda out: _grow(folder, args.width, out, False),
+        }
+        if args.compare_with:
+            other = _load_package(args.compare_with)
+            variants["other grow (verified)"] = lambda out: _grow(folder, args.width, out, True, other, True)
+            variants["other grow --no_verify"] = lambda out: _grow(folder, args.width, out, False, other)
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        for run in variants.values():  # warm-up (imports, first reads of the source files): not timed
+            run(os.path.join(tmp, "warm"))
+            shutil.rmtree(os.path.join(tmp, "warm"))
+        for _ in range(args.repeats):
+            for name, run in variants.items():
+                gc.collect()
+                out = os.path.join(tmp, "out")
+                t = time.perf_counter()
+                run(out)
+                times[name].append(time.perf_counter() - t)
+                shutil.rmtree(out)
+                print(f"{name:26s} {times[name][-1]:6.1f}s", flush=True)
+        base = min(times["floor (load+tile+save)"])
+        for name, ts in times.items():
+            print(
+                f"{name:26s} min {min(ts):6.1f}s  mean {sum(ts) / len(ts):6.1f}s  min/floor {min(ts) / base:.2f}"
+            )
+    finally:
+        shutil.rmtree(tmp)
 
 
 if __name__ == "__main__":

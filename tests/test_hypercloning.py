@@ -12,7 +12,7 @@ import torch
 import transformers as T
 
 from hf_salt import hypercloning as hc
-from hf_salt.hypercloning import engine
+from hf_salt.hypercloning import core, engine
 from hf_salt.hypercloning.engine import RESIDUAL_OUT
 
 ATOL = 1e-5
@@ -352,12 +352,39 @@ def test_bad_multipliers(bad, monkeypatch) -> None:
 
 
 def test_alibi_is_refused_before_anything_is_built(monkeypatch) -> None:
+    """2 -> 4 BLOOM heads: the 4-head slopes (2^-2, 2^-4, 2^-6, 2^-8) contain the 2-head ones (2^-4, 2^-8), so an
+    exact clone with dormant heads exists: the refusal says "not built yet", not "impossible"."""
     monkeypatch.setattr(engine, "build_empty", lambda *a: pytest.fail("built before refusing"))
     cfg = T.BloomConfig(vocab_size=VOCAB, hidden_size=16, n_layer=1, n_head=2)
-    with pytest.raises(hc.HyperCloningRefused, match=r"(?s)alibi.*impossible.*slope") as err:
+    with pytest.raises(hc.HyperCloningRefused, match=r"(?s)alibi.*not supported yet.*slope") as err:
         hc.clone(T.AutoModelForCausalLM.from_config(cfg), 2)
-    assert err.value.reason == "alibi" and err.value.impossible
+    assert err.value.reason == "alibi-dormant-heads" and not err.value.impossible
     assert isinstance(err.value, NotImplementedError)
+    from transformers.models.bloom.modeling_bloom import build_alibi_tensor
+
+    for heads in (2, 3, 4, 6, 8, 12):  # our slope formula is BLOOM's own
+        mask = torch.ones(1, 2)
+        theirs = build_alibi_tensor(mask, heads, torch.float64)[:, 0, 1]  # position 1: the slope itself
+        ours = torch.tensor([2.0**-e for e in core.alibi_slopes(heads)], dtype=torch.float64)
+        assert torch.allclose(theirs, ours)
+
+
+def test_alibi_depth_growth_keeps_every_slope() -> None:
+    """Depth only: the head count, and so every ALiBi slope, stays; the new blocks are exact identities."""
+    torch.manual_seed(0)
+    cfg = T.BloomConfig(vocab_size=VOCAB, hidden_size=16, n_layer=2, n_head=2)
+    src = _randomise(T.AutoModelForCausalLM.from_config(cfg)).eval()
+    deep = hc.grow_depth(src, 2)
+    assert deep.config.n_layer == 4 and deep.config.hypercloning["verified"]
+    assert hc.verify(src, deep) <= ATOL
+
+
+def test_sinusoid_tables_computed_from_the_width_are_impossible(monkeypatch) -> None:
+    monkeypatch.setattr(engine, "build_empty", lambda *a: pytest.fail("built before refusing"))
+    cfg = T.XGLMConfig(vocab_size=VOCAB, d_model=16, num_layers=1, attention_heads=2, ffn_dim=32)
+    with pytest.raises(hc.HyperCloningRefused, match="sinusoidal") as err:
+        hc.clone(T.AutoModelForCausalLM.from_config(cfg), 2)
+    assert err.value.reason == "width-dependent-function" and err.value.impossible
 
 
 def test_head_layout_that_cannot_grow(monkeypatch) -> None:
@@ -493,3 +520,55 @@ def test_bad_tolerance_is_refused() -> None:
     for bad in (-1, 0, float("nan"), float("inf"), "1e-4"):
         with pytest.raises(ValueError, match="tolerance"):
             hc.clone(_source("llama3-gqa-rope-scaling"), 2, snr_db=10.0, tolerance=bad)
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "gemma2", "gemma3_text", "deepseek_v3", "falcon_h1"])
+def test_skipping_verification_gives_the_same_clone(model_type: str) -> None:
+    """verify=False used to keep the first layout candidates: wrong fused sections (GPT-2 c_attn, Falcon-H1's
+    Mamba in_proj) and Gemma's sqrt(hidden) embedding scale uncompensated. The layouts no longer depend on it."""
+    from hf_salt.hypercloning.tiny import build_tiny
+
+    src = build_tiny(model_type)
+    checked = _clone(src, 2)
+    unchecked = _clone(src, 2, verify=False)
+    a, b = checked.state_dict(), unchecked.state_dict()
+    assert a.keys() == b.keys()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    assert hc.verify(src, unchecked) <= ATOL
+    assert unchecked.config.hypercloning["verified"] is False  # the flag still says what was skipped
+    assert unchecked.config.hypercloning["probe_max_logit_diff"] <= ATOL
+
+
+@pytest.mark.parametrize("name", ["llama3-gqa-rope-scaling", "gpt2", "phi3-fused"])
+def test_noise_power_is_set_per_head(name: str) -> None:
+    """With uneven head norms (x10 and x0.1) every head of every noised projection gets snr_db (10 dB).
+
+    A per-tensor noise power gave the small heads far more noise than signal (-9 to +15 dB per head)."""
+    import copy
+
+    src = copy.deepcopy(_source(name))
+    head = getattr(src.config, "head_dim", None) or src.config.hidden_size // src.config.num_attention_heads
+    with torch.no_grad():
+        for module_name, module in src.named_modules():
+            w = getattr(module, "weight", None)
+            if module_name.endswith(("q_proj", "qkv_proj", "c_attn", "k_proj", "v_proj")) and w is not None:
+                rows = w if not isinstance(module, T.pytorch_utils.Conv1D) else w.T
+                rows[:head] *= 10.0
+                rows[-head:] *= 0.1
+    plain, noisy = _clone(src, 2), _clone(src, 2, snr_db=10.0)
+    assert hc.verify(src, noisy) <= ATOL
+    checked = 0
+    for k, clean in plain.state_dict().items():
+        noise = noisy.state_dict()[k] - clean
+        if clean.dim() != 2 or not noise.any():
+            continue
+        conv1d = isinstance(plain.get_submodule(k.rpartition(".")[0]), T.pytorch_utils.Conv1D)
+        clean, noise = (x.T if conv1d else x for x in (clean, noise))  # [out rows, in columns]
+        width = clean.shape[1] // 2  # the first input copy (W/2) carries +N, the second -N
+        for r in range(0, clean.shape[0], head):
+            signal = clean[r : r + head, :width].double().pow(2).mean()
+            power = noise[r : r + head, :width].double().pow(2).mean()
+            snr = 10 * torch.log10(signal / power)
+            assert abs(float(snr) - 10.0) < 0.05, (k, r, float(snr))
+            checked += 1
+    assert checked >= 8

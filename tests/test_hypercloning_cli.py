@@ -119,3 +119,46 @@ def test_grow_checks_the_output_folder_before_any_work(src_dir, tmp_path, capsys
             assert "no write permission" in capsys.readouterr().err
     finally:
         locked.chmod(0o700)
+
+
+def test_grow_checks_once_and_no_verify_writes_the_same_model(src_dir, tmp_path, capsys, monkeypatch) -> None:
+    """The summary's logit difference comes from the engine's traced forward: verify() is not run again."""
+    import hf_salt.hypercloning as hc_pkg
+    from hf_salt.hypercloning import engine
+
+    path, model = src_dir
+    monkeypatch.setattr(hc_pkg, "verify", lambda *a, **k: pytest.fail("a second verification ran"))
+    forwards = []
+    real = engine.Check.divergence
+    monkeypatch.setattr(
+        engine.Check, "divergence", lambda self, *a, **k: forwards.append(1) or real(self, *a, **k)
+    )
+    assert main(["grow", str(path), str(tmp_path / "checked"), "--snr-db", "10"]) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if "verify" in x]
+    assert len(line) == 1 and "OK" in line[0] and "2x8 probe" in line[0]
+    assert len(forwards) == 2  # one traced forward chooses the layouts, one re-checks after the noise
+    forwards.clear()
+    assert main(["grow", str(path), str(tmp_path / "unchecked"), "--snr-db", "10", "--no_verify"]) == 0
+    assert len(forwards) == 1  # --no_verify skips only the re-check after the noise
+    checked = T.AutoModelForCausalLM.from_pretrained(tmp_path / "checked").state_dict()
+    unchecked = T.AutoModelForCausalLM.from_pretrained(tmp_path / "unchecked").state_dict()
+    assert checked.keys() == unchecked.keys()
+    assert all(torch.equal(checked[k], unchecked[k]) for k in checked)
+    monkeypatch.undo()
+    assert hc.verify(model, T.AutoModelForCausalLM.from_pretrained(tmp_path / "unchecked")) <= 1e-5
+
+
+def test_no_verify_never_writes_a_wrong_clone(src_dir, tmp_path, capsys, monkeypatch) -> None:
+    from hf_salt.hypercloning import engine, layout
+
+    real = layout.grow_tensor
+
+    def broken(src, dst_shape, choice, **kw):  # mlp.down_proj loses its division: 2x too large
+        out = real(src, dst_shape, choice, **kw)
+        return out * 2 if tuple(src.shape) == (32, 48) else out
+
+    monkeypatch.setattr(engine, "grow_tensor", broken)
+    path, _ = src_dir
+    assert main(["grow", str(path), str(tmp_path / "grown"), "--no_verify"]) == 2
+    assert "NOT the source's function" in capsys.readouterr().err
+    assert not (tmp_path / "grown").exists()

@@ -1,12 +1,14 @@
 """`hf-salt grow SRC DST`: HyperClone a causal LM into a wider (and optionally deeper) one.
 
 SRC is a local model folder (or a hub id, or an hf-salt zoo preset); DST is written completely or not at
-all. The grown model is checked against the source before anything is written.
+all. The grown model is checked against the source before anything is written: the traced forward that
+chooses the layouts gives the logit difference (it runs once; nothing is re-run for the summary line).
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +61,11 @@ class GrowArguments:
     )
     seed: int = field(default=0, metadata={"help": "Seed of the symmetry-breaking noise."})
     verify: bool = field(
-        default=True, metadata={"help": "Compare the grown model's logits with the source's before writing."}
+        default=True,
+        metadata={
+            "help": "Refuse a clone that differs from the source (--no_verify only skips the re-check after the "
+            "noise; the layouts are chosen by the same traced forward either way, so the clone is the same)."
+        },
     )
     tolerance: float = field(
         default=1e-4,
@@ -123,7 +129,7 @@ def _load_source(src: str) -> tuple[Any, Any]:
 
 def run(args: GrowArguments) -> int:
     from hf_salt.checks import check_causal_lm, check_finite
-    from hf_salt.hypercloning import clone, save_pretrained_atomic, verify
+    from hf_salt.hypercloning import UnverifiedCloneWarning, clone, save_pretrained_atomic
 
     model, tokenizer = _load_source(args.src)
     check_causal_lm(model, f"SRC {args.src!r}")  # an encoder (BERT) folder without `architectures` loads too
@@ -131,34 +137,35 @@ def run(args: GrowArguments) -> int:
     model.eval()
     exact_dtype = next(model.parameters()).dtype == torch.float32
     try:
-        grown = clone(
-            model,
-            args.width_multiplier,
-            args.ffn_multiplier,
-            args.snr_db,
-            tie_word_embeddings=False if args.untie_word_embeddings else None,
-            dtype=args.dtype,  # auto: the source's
-            depth_multiplier=args.depth_multiplier,
-            depth_mode=args.depth_mode,  # type: ignore[arg-type]
-            seed=args.seed,
-            progress=True,
-            verify=args.verify,
-            tolerance=args.tolerance if exact_dtype else None,
-        )
-    except (ValueError, NotImplementedError) as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UnverifiedCloneWarning)  # --no_verify never writes a wrong clone
+            grown = clone(
+                model,
+                args.width_multiplier,
+                args.ffn_multiplier,
+                args.snr_db,
+                tie_word_embeddings=False if args.untie_word_embeddings else None,
+                dtype=args.dtype,  # auto: the source's
+                depth_multiplier=args.depth_multiplier,
+                depth_mode=args.depth_mode,  # type: ignore[arg-type]
+                seed=args.seed,
+                progress=True,
+                verify=args.verify,
+                tolerance=args.tolerance if exact_dtype else None,
+            )
+    except (ValueError, NotImplementedError, UnverifiedCloneWarning) as err:
         print(f"hf-salt grow: error: {err}", file=sys.stderr)
         return 2
     n_src, n_dst = model.num_parameters(), grown.num_parameters()
     summary = f"{type(grown).__name__}: {n_src / 1e6:.2f}M -> {n_dst / 1e6:.2f}M parameters"
-    if args.verify:
-        diff = verify(model, grown)
-        dtype = next(grown.parameters()).dtype
-        exact = dtype == torch.float32 and next(model.parameters()).dtype == torch.float32
-        summary += f"; verify: max |logit difference| = {diff:.2e} on 2x16 random tokens ({str(dtype).split('.')[-1]})"
-        if exact and diff > args.tolerance:
+    diff = grown.config.hypercloning.get("probe_max_logit_diff")
+    if diff is not None:  # measured by the engine's traced forward, in the source's dtype (before any cast)
+        src_dtype = str(next(model.parameters()).dtype).split(".")[-1]
+        summary += f"; verify: max |logit difference| = {diff:.2e} on the 2x8 probe tokens ({src_dtype})"
+        if exact_dtype and diff > args.tolerance:
             print(f"{summary} > tolerance {args.tolerance:g}: NOT written.", file=sys.stderr)
             return 1
-        summary += ", OK" if exact else ", reported (only float32 is checked)"
+        summary += ", OK" if exact_dtype else ", reported (only float32 is checked)"
     save_pretrained_atomic(grown, args.dst, tokenizer=tokenizer, overwrite=args.overwrite)
     print(f"{summary}; saved to {args.dst}")
     return 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 from hf_salt.io import save_pretrained_atomic
 
 from .core import clone, from_pretrained, grow_depth
-from .refusals import REASONS, HyperCloningRefused
+from .refusals import REASONS, HyperCloningRefused, UnverifiedCloneWarning
 from .verify import hidden_state_error, verify
 
 __all__ = [
@@ -22,5 +22,6 @@ __all__ = [
     "grow_depth",
     "hidden_state_error",
     "save_pretrained_atomic",
+    "UnverifiedCloneWarning",
     "verify",
 ]

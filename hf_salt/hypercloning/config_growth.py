@@ -28,6 +28,7 @@ WIDTH_KEYS = frozenset(
         "mamba_d_ssm",
         "projector_output_dim",
         "out_hidden_size",
+        "emb_dim",  # XLM's hidden size
     }
 )
 # MLP-width fields: x m

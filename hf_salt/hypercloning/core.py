@@ -4,12 +4,14 @@ Reference: Samragh et al., "Scaling Smart: Accelerating Large Language Model Pre
 Model Initialization", arXiv 2409.12903 (2024). Our own implementation: the growth is read off the model
 (config width fields, module types, parameter shapes, a traced forward where shapes are ambiguous; see
 ``engine.py``), the destination is built with empty weights and each grown tensor is written once, so peak
-memory is source + destination. Every clone is checked by a traced forward unless ``verify=False``.
+memory is source + destination. The layouts are always chosen by a traced forward of source and clone (so
+``verify=False`` never changes the clone); ``verify`` decides whether a remaining difference is a refusal.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import os
 import warnings
 from typing import Any, Literal
@@ -21,11 +23,30 @@ from hf_salt.zoo import parse_dtype
 
 from . import engine
 from .probe import probe_inputs, trace
-from .refusals import HyperCloningRefused
+from .refusals import HyperCloningRefused, UnverifiedCloneWarning
 from .validation import check_grow_args, check_source_folder, check_tolerance
 
 DepthMode = Literal["interleave", "append"]
 _ALIBI_TYPES = frozenset({"bloom"})  # families whose attention is always ALiBi (no config switch)
+# position tables computed from the width (sinusoids with frequencies 10000^(-2i/d)): tiling cannot keep them
+_SINUSOID_TYPES = {
+    "ctrl": "its sinusoidal position table is computed from n_embd",
+    "xglm": "its sinusoidal position embedding is computed from d_model",
+    "xlnet": "its sinusoidal relative position encoding is computed from d_model",
+}
+
+
+def alibi_slopes(heads: int, max_bias: float = 8.0, mpt: bool = False) -> list[float]:
+    """ALiBi slopes as base-2 exponents (slope = 2**-e): BLOOM's ``build_alibi_tensor``, or MPT's ``gen_slopes``."""
+    if mpt:
+        padded = 2 ** math.ceil(math.log2(heads))
+        exps = [i * max_bias / padded for i in range(1, padded + 1)]
+        return (exps[1::2] + exps[::2])[:heads] if padded != heads else exps
+    closest = 2 ** math.floor(math.log2(heads))
+    exps = [i * 8.0 / closest for i in range(1, closest + 1)]
+    if closest != heads:
+        exps += [i * 8.0 / (2 * closest) for i in range(1, 2 * (heads - closest), 2)]
+    return exps
 
 
 def _check_model(model: Any) -> None:
@@ -47,8 +68,44 @@ def _check_model(model: Any) -> None:
             )
 
 
-def _check_heads(config: PretrainedConfig) -> None:
+def _check_alibi(config: PretrainedConfig, c: PretrainedConfig, n: int) -> None:
+    """ALiBi: impossible when a source slope is missing from the grown set, else not built yet (dormant heads)."""
+    f = {**vars(config), **vars(c)}
+    heads = next((f[k] for k in ("num_attention_heads", "n_head", "n_heads") if isinstance(f.get(k), int)), 0)
+    if n == 1:  # depth only: the head count and so every slope stays
+        return
+    mpt = config.model_type == "mpt"
+    max_bias = float(f.get("alibi_bias_max", 8.0) or 8.0)
+    if heads:
+        small, big = alibi_slopes(heads, max_bias, mpt), alibi_slopes(heads * n, max_bias, mpt)
+        if all(any(math.isclose(a, b) for b in big) for a in small):
+            raise HyperCloningRefused(
+                "alibi-dormant-heads",
+                f"{config.model_type} uses ALiBi: the slopes of {heads * n} heads include all {heads} source slopes, "
+                "so an exact clone would put each source head at its own slope and leave the others dormant; "
+                "tiled copies would see different slopes, and that head placement is not built yet.",
+            )
+    missing = (
+        f"the slopes of {heads * n} heads do not include every one of the {heads} source slopes"
+        if heads
+        else "the head count is not in the config, so the grown slopes cannot be compared"
+    )
+    raise HyperCloningRefused(
+        "alibi",
+        f"{config.model_type} uses ALiBi: each head's position-bias slope is computed from the number of heads, "
+        f"and {missing}, so no placement of the source heads keeps their biases.",
+    )
+
+
+def _check_heads(config: PretrainedConfig, n: int = 2) -> None:
     """Refuse what no tiling can keep, before anything is allocated."""
+    reason = _SINUSOID_TYPES.get(config.model_type)
+    if reason and n > 1:
+        raise HyperCloningRefused(
+            "width-dependent-function",
+            f"{config.model_type}: {reason}, so the grown model's table (frequencies 10000^(-2i/(n*d))) is not n "
+            "copies of the source's.",
+        )
     for c in {id(c): c for c in (config, engine.text_config(config), *vars(config).values())}.values():
         if not isinstance(c, PretrainedConfig):
             continue
@@ -59,11 +116,7 @@ def _check_heads(config: PretrainedConfig) -> None:
             or f.get("use_alibi") is True
             or (f.get("position_embedding_type") == "alibi")
         ):
-            raise HyperCloningRefused(
-                "alibi",
-                f"{config.model_type} uses ALiBi: each head's position-bias slope is computed from the number of "
-                "heads, so the grown model's heads would see different slopes than the copies they are made of.",
-            )
+            _check_alibi(config, c, n)
         heads = f.get("num_attention_heads")
         kv = f.get("num_key_value_heads")
         if isinstance(heads, int) and isinstance(kv, int) and kv > 0 and heads % kv:
@@ -126,7 +179,10 @@ def clone(
     norm), False unties. ``dtype``: destination dtype (default: the source's; ``torch_dtype`` is a deprecated
     alias). ``verify`` (default on): a traced forward of source and clone on 2 x 8 tokens must agree within
     ``tolerance`` (1e-4 relative in float32, 5e-2 in 16-bit), else :class:`HyperCloningRefused` names the first
-    module whose output diverged; ``verify=False`` skips it for very large models.
+    module whose output diverged. That traced forward also chooses the layouts, so it runs with ``verify=False``
+    too and the clone is the same tensor for tensor; ``verify=False`` only skips the re-check after the noise
+    and turns a remaining difference into a warning (``config.hypercloning['verified']`` is then False).
+    The probe's max |logit difference| is recorded in ``config.hypercloning['probe_max_logit_diff']``.
     """
     n, m, depth, snr_db = check_grow_args(
         width_multiplier, ffn_multiplier, depth_multiplier, snr_db, depth_mode, tolerance
@@ -136,7 +192,7 @@ def clone(
     out_dtype = _resolve_dtype(dtype, torch_dtype, src_dtype)
     if tie_word_embeddings is not None and not isinstance(tie_word_embeddings, bool):
         raise ValueError(f"tie_word_embeddings must be None, True or False, got {tie_word_embeddings!r}.")
-    _check_heads(model.config)
+    _check_heads(model.config, n)
     src_tied = _source_tie(model)
     if tie_word_embeddings and not src_tied:
         raise ValueError(
@@ -174,18 +230,18 @@ def clone(
                 **wide.config.hypercloning,
                 "depth_multiplier": depth,
                 "depth_mode": depth_mode,
+                "verified": wide.config.hypercloning["verified"] and deep.config.hypercloning["verified"],
+                "probe_max_logit_diff": deep.config.hypercloning["probe_max_logit_diff"],
             }
             deep.config._name_or_path = deep.config._name_or_path.replace("-hypercloned-1x", "")
             return deep
-    source_trace = None
-    if verify or keep_tie:
-        try:
-            source_trace = trace(model, ids, mask, keep_inputs=True)
-        except Exception as err:
-            raise ValueError(
-                f"The source model's own forward fails on a 2 x 8 probe batch ({type(err).__name__}: {err}), so the "
-                "clone cannot be checked against it. Fix the source, or pass verify=False (untied models only)."
-            ) from err
+    try:  # always: the layouts are chosen against it, whatever ``verify`` says
+        source_trace = trace(model, ids, mask, keep_inputs=True)
+    except Exception as err:
+        raise ValueError(
+            f"The source model's own forward fails on a 2 x 8 probe batch ({type(err).__name__}: {err}), so the "
+            "clone's layouts cannot be chosen against it. Fix the source model so that its forward runs."
+        ) from err
     source_name = getattr(model.config, "_name_or_path", "") or type(model).__name__
     suffix = f"hypercloned-{n}x" + (f"-ffn{m}x" if m != n else "") + (f"-depth{depth}x" if depth > 1 else "")
 
@@ -200,7 +256,7 @@ def clone(
     emb_grows = tuple(dest.get_input_embeddings().weight.shape) != tuple(
         model.get_input_embeddings().weight.shape
     )
-    if keep_tie and emb_grows and source_trace is not None:
+    if keep_tie and emb_grows:
         # a tied head reads tile(E) but needs tile(E)/n: the norm that feeds it is rescaled instead
         final_norm, final_index = engine._final_norm(model, source_trace)
         if final_norm is None:
@@ -226,23 +282,31 @@ def clone(
                 if name.startswith(final_norm + ".") and name.endswith("weight"):
                     plan.offsets[name] = offset
 
+    engine.embedding_scale_prior(model, plan, source_trace, ids, n)  # before the tensors are filled
     engine.assign_all(model, plan, src_dtype, progress=f"HyperCloning {n}x" if progress else None)
-    if verify:
-        check = engine.Check(
-            model, ids, mask, source_trace, engine.hidden_sizes(model.config), n, tol, final_index, depth > 1
-        )
-        try:
-            engine.search(model, plan, check, src_dtype)
-        except HyperCloningRefused as err:
-            if depth > 1 and err.reason == "mismatch" and n == 1:
-                raise HyperCloningRefused(
-                    "not-pre-norm",
-                    f"{err.detail}: the identity blocks are not identities here (post-norm, or a residual branch "
-                    "whose output projection is not recognised)",
-                ) from err
+    check = engine.Check(
+        model, ids, mask, source_trace, engine.hidden_sizes(model.config), n, tol, final_index, depth > 1
+    )
+    exact = True
+    try:  # the layout search runs whatever ``verify`` says: skipping it would change the clone
+        engine.search(model, plan, check, src_dtype)
+    except HyperCloningRefused as err:
+        if depth > 1 and err.reason == "mismatch" and n == 1:
+            raise HyperCloningRefused(
+                "not-pre-norm",
+                f"{err.detail}: the identity blocks are not identities here (post-norm, or a residual branch "
+                "whose output projection is not recognised)",
+            ) from err
+        if verify or err.reason != "mismatch":
             raise
+        exact = False
+        warnings.warn(
+            f"verify=False: the clone is NOT the source's function ({err.detail}); returned unverified.",
+            UnverifiedCloneWarning,
+            stacklevel=2,
+        )
     if snr_db is not None and (n > 1 or m > 1):
-        engine.add_noise(plan, snr_db, seed)
+        engine.add_noise(plan, snr_db, seed, block=engine.head_size(model.config))
         if verify:
             div, _ = check.divergence(plan.dest)
             if div is not None:
@@ -263,7 +327,8 @@ def clone(
         "depth_mode": depth_mode,
         "snr_db": snr_db,
         "final_norm_scale": scale,
-        "verified": bool(verify),
+        "verified": bool(verify and exact),
+        "probe_max_logit_diff": check.max_logit_diff,
         "paper": "arXiv:2409.12903",
     }
     dest.train(model.training)

@@ -386,6 +386,7 @@ class Check:
     budget: int = 400
     deadline: float | None = None  # wall clock: the search may take ~30 traced forwards of the clone
     skip_modules: set[str] = field(default_factory=set)  # rescaled on purpose: their own outputs differ
+    max_logit_diff: float | None = None  # max |clone - source| logits of the latest traced forward
 
     def divergence(self, dest: PreTrainedModel, keep_inputs: bool = False):
         self.budget -= 4  # a full forward costs about as much as a few module re-runs
@@ -393,6 +394,14 @@ class Check:
         if self.deadline is not None and started > self.deadline:
             self.budget = 0
         t = trace(dest, self.ids, self.mask, keep_inputs=keep_inputs)
+        if (
+            t.logits is not None
+            and self.source.logits is not None
+            and t.logits.shape == self.source.logits.shape
+        ):
+            self.max_logit_diff = float((t.logits.double() - self.source.logits.double()).abs().max())
+        else:
+            self.max_logit_diff = None
         if self.logits_only:
             events = type(self.source)([], self.source.logits)
         elif self.skip_from is not None:
@@ -608,16 +617,92 @@ def _global_search(
     return False
 
 
-def add_noise(p: Plan, snr_db: float, seed: int) -> None:
-    """Function-preserving +/- noise in every contracted layer except embeddings and the output head."""
+def _with_scale(lay: Layout, scale: float) -> bool:
+    """Switch ``lay`` to the candidate with its current segments and contraction but ``scale``."""
+    cur = lay.choice
+    for i, c in enumerate(lay.choices):
+        if c.segments == cur.segments and c.contract == cur.contract and math.isclose(c.scale, scale):
+            lay.index = i
+            return True
+    return False
+
+
+def embedding_scale_prior(model: PreTrainedModel, p: Plan, src_trace, ids: torch.Tensor, n: int) -> bool:
+    """Read a ``sqrt(hidden)`` embedding scale (Gemma) off the source trace and pick its compensation up front.
+
+    The first block's input divided by the embedding rows it was looked up from is a constant; when that
+    constant is ``sqrt(hidden)`` the grown model multiplies by ``sqrt(n * hidden)``, so the embedding is
+    divided by ``sqrt(n)`` (and a rescaled final norm before a tied head takes ``sqrt(n) / n``). Found from
+    the one source forward already traced, instead of trial forwards of the clone; the search still checks it.
+    """
+    emb = model.get_input_embeddings()
+    weight = getattr(emb, "weight", None)
+    found = layer_count_key(model.config)
+    prefix = _find_layers(model, getattr(found[0], found[1])) if found else None
+    if weight is None or weight.dim() != 2 or prefix is None or n == 1:
+        return False
+    first = next(
+        (e.tensor for e in src_trace.events if e.module == f"{prefix}.0" and e.kind == "in" and e.call == 0),
+        None,
+    )
+    rows = weight.detach()[ids.clamp(max=weight.shape[0] - 1)].double()
+    if first is None or tuple(first.shape) != tuple(rows.shape):
+        return False
+    x = first.double()
+    big = rows.abs() > 1e-3 * float(rows.abs().max())
+    if not bool(big.any()):
+        return False
+    ratio = float((x[big] / rows[big]).median())
+    width = weight.shape[1]
+    if not math.isclose(ratio, math.sqrt(width), rel_tol=1e-2) or not torch.allclose(
+        x, rows * ratio, rtol=1e-2, atol=1e-3 * float(x.abs().max())
+    ):
+        return False
+    emb_name = _weight_name(p.dest, p.dest.get_input_embeddings())
+    root = math.sqrt(n)
+    changed = False
+    for lay in p.layouts.values():
+        if emb_name in lay.members and lay.kind == "embedding":
+            changed = _with_scale(lay, 1 / root) or changed
+        elif p.final_norm and lay.kind == "vector" and lay.members[0].startswith(p.final_norm + "."):
+            changed = _with_scale(lay, root / n) or changed
+    return changed
+
+
+def head_size(config: PretrainedConfig) -> int:
+    """The attention head size (``head_dim`` or hidden / heads; 0 when the config names neither)."""
+    c = text_config(config)
+    f = vars(c)
+    if isinstance(f.get("head_dim"), int) and f["head_dim"] > 0:
+        return f["head_dim"]
+    hidden = next((f[k] for k in ("hidden_size", "n_embd", "d_model") if isinstance(f.get(k), int)), 0)
+    heads = next(
+        (f[k] for k in ("num_attention_heads", "n_head", "num_heads") if isinstance(f.get(k), int)), 0
+    )
+    return hidden // heads if hidden and heads else 0
+
+
+def add_noise(p: Plan, snr_db: float, seed: int, block: int = 0) -> None:
+    """Function-preserving +/- noise in every contracted layer except embeddings and the output head.
+
+    The noise power is set per ``block`` output rows (the head size: one head of q/k/v), see ``add_noise_pairs``.
+    """
     generator = torch.Generator().manual_seed(seed)
     for layout in p.layouts.values():
         if layout.kind in ("linear", "conv1d", "raw", "conv") and layout.choice.contract:
             for name in layout.members:
                 if name in p.zero or name in layout.project:
                     continue
+                t = _tensor(p.dest, name)
+                kept = [a for a in range(t.dim()) if a not in layout.choice.contract]
+                if not kept:
+                    out_axis = 0
+                elif layout.kind in ("linear", "conv"):
+                    out_axis = 0
+                else:  # GPT-2 Conv1D [in, out], raw expert tensors [E, out, in] / [E, in, out]
+                    out_axis = kept[-1]
                 with torch.no_grad():
-                    add_noise_pairs(_tensor(p.dest, name), layout.choice, snr_db, generator)
+                    add_noise_pairs(t, layout.choice, snr_db, generator, out_axis=out_axis, block=block)
 
 
 def check_source(model: PreTrainedModel) -> None:

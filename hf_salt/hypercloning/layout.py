@@ -10,6 +10,7 @@ the engine tries them against a traced forward (``probe.py``).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -54,6 +55,14 @@ class Layout:
 
 def _decompositions(size: int, dest: int, atoms: list[tuple[int, int]], limit: int = 48) -> list[Segments]:
     """Ordered splits of an axis of ``size`` into named widths whose grown sizes add up to ``dest``."""
+    return list(_decompositions_cached(size, dest, tuple(atoms), limit))
+
+
+@functools.lru_cache(maxsize=1024)
+def _decompositions_cached(
+    size: int, dest: int, atoms: tuple[tuple[int, int], ...], limit: int
+) -> tuple[Segments, ...]:
+    """The search behind ``_decompositions``: every layer repeats the same axis sizes, so it runs once each."""
     usable = sorted((a for a in atoms if a[0] <= size), reverse=True)
     found: list[Segments] = []
 
@@ -72,7 +81,7 @@ def _decompositions(size: int, dest: int, atoms: list[tuple[int, int]], limit: i
 
     for k in range(2, 6):  # fewest sections first
         walk(size, dest, [], k)
-    return found
+    return tuple(found)
 
 
 def axis_candidates(size: int, dest: int, atoms: list[tuple[int, int]]) -> list[Segments]:
@@ -221,11 +230,38 @@ def grow_tensor(
     return dest
 
 
-def add_noise_pairs(dest: torch.Tensor, choice: Choice, snr_db: float, generator: torch.Generator) -> None:
+def _block_power(t: torch.Tensor, out_axis: int, block: int) -> torch.Tensor:
+    """Mean square of ``t`` per block of ``block`` rows along ``out_axis`` (shape: one value per block)."""
+    rows = t.movedim(out_axis, 0)
+    size = rows.shape[0]
+    b = block if 0 < block < size and size % block == 0 else size
+    return rows.reshape(size // b, b, -1).double().pow(2).mean(dim=(1, 2))
+
+
+def _per_row(values: torch.Tensor, t: torch.Tensor, out_axis: int) -> torch.Tensor:
+    """Broadcast one value per row block of ``t`` (along ``out_axis``) back to ``t``'s shape."""
+    size = t.shape[out_axis]
+    rows = values.repeat_interleave(size // values.numel())
+    shape = [1] * t.dim()
+    shape[out_axis] = size
+    return rows.reshape(shape)
+
+
+def add_noise_pairs(
+    dest: torch.Tensor,
+    choice: Choice,
+    snr_db: float,
+    generator: torch.Generator,
+    out_axis: int = 0,
+    block: int = 0,
+) -> None:
     """Add ``+N`` and ``-N`` to each pair of input copies of a contracted axis (in place).
 
     The paired copies multiply identical input copies, so ``N x - N x = 0``: the function is unchanged, but
-    gradient descent can now tell the copies apart. Noise power is ``mean(W'^2) / 10^(snr/10)``.
+    gradient descent can now tell the copies apart. Noise power is ``mean((W/p)^2) / 10^(snr/10)`` per block
+    of ``block`` output rows (along ``out_axis``; one head of a q/k/v projection when ``block`` is the head
+    size), so every head gets the requested SNR whatever the spread of head norms (the paper's per-block rule;
+    a per-tensor power would give small heads far more noise than signal). ``block=0``: the whole tensor.
     """
     for axis in choice.contract:
         segs = choice.segments[axis]
@@ -233,13 +269,15 @@ def add_noise_pairs(dest: torch.Tensor, choice: Choice, snr_db: float, generator
             continue
         size, rep = segs[0]
         view = dest.unflatten(axis, (rep, size))
-        power = float(dest.double().pow(2).mean())
+        copy = view.select(axis, 0)  # one input copy (W/p before any noise), with dest's axes
+        rows_axis = out_axis if out_axis != axis else 0
+        power = _block_power(copy, rows_axis, block)
         ratio = 10.0 ** (-snr_db / 10.0)
         for k in range(rep // 2):
-            shape = list(view.select(axis, 0).shape)
-            noise = torch.randn(shape, generator=generator, dtype=torch.float32)
-            noise *= math.sqrt(power * ratio / max(float(noise.pow(2).mean()), 1e-30))
-            noise = noise.to(dest.dtype)
+            noise = torch.randn(tuple(copy.shape), generator=generator, dtype=torch.float32)
+            noise_power = _block_power(noise, rows_axis, block).clamp_min(1e-30)
+            gain = _per_row((power * ratio / noise_power).sqrt(), noise, rows_axis)
+            noise = (noise.double() * gain).to(dest.dtype)
             view.select(axis, 2 * k).add_(noise)
             view.select(axis, 2 * k + 1).sub_(noise)
         return

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 # reason code -> (impossible?, what it means); docs/hypercloning.md lists the same set
 REASONS: dict[str, tuple[bool, str]] = {
-    "alibi": (True, "ALiBi attention: each head's position bias slope depends on the number of heads"),
+    "alibi": (
+        True,
+        "ALiBi attention: each head's position bias slope depends on the number of heads, and some source slope "
+        "is missing from the grown set",
+    ),
+    "alibi-dormant-heads": (
+        False,
+        "ALiBi attention whose grown slope set contains every source slope: an exact clone exists (each source "
+        "head at its own slope, the other heads dormant), but that head placement is not built yet",
+    ),
     "width-dependent-function": (
         True,
         "a function of the width that tiling cannot keep (recomputed from the grown config at load time)",
@@ -15,6 +24,10 @@ REASONS: dict[str, tuple[bool, str]] = {
     "config": (False, "the grown config is rejected by the model class"),
     "not-built-here": (False, "cannot be built here from its default config"),
 }
+
+
+class UnverifiedCloneWarning(UserWarning):
+    """``verify=False`` and the clone differs from its source: returned, but never written by ``hf-salt grow``."""
 
 
 class HyperCloningRefused(NotImplementedError):

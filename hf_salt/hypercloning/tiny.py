@@ -30,6 +30,7 @@ _TINY: dict[str, Any] = {
             "model_dim",
             "word_embed_proj_dim",
             "embedding_dim",
+            "emb_dim",
         ),
         HIDDEN,
     ),
