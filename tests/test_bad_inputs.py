@@ -413,7 +413,10 @@ def test_kd_off_with_a_teacher_warns_and_does_not_load_it(tmp_path):
 def test_score_and_rationales_refuse_bad_paths_before_any_work(tmp_path, capsys):
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    assert main(["score", "--teacher", "llama-tiny", "--output_dir", str(a_file / "scored")]) == 2
+    assert (
+        main(["score", "--teacher_model_name_or_path", "llama-tiny", "--output_dir", str(a_file / "scored")])
+        == 2
+    )
     captured = capsys.readouterr()
     assert "is a file, not a folder" in captured.err and "Scoring" not in captured.out
     data = tmp_path / "rows.jsonl"

@@ -280,7 +280,7 @@ def test_score_killed_while_saving_then_rerun_leaves_no_litter(tmp_path):
     dst = tmp_path / "scored"
     argv = [
         "score",
-        "--teacher",
+        "--teacher_model_name_or_path",
         "llama-tiny",
         "--output_dir",
         str(dst),

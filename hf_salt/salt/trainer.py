@@ -277,10 +277,12 @@ class SALTTrainer(TrainerBase, Trainer):
         return teacher.to(self.args.device)
 
     @property
-    def _teacher_module(self) -> nn.Module:
+    def _teacher_module(self) -> nn.Module | None:
         """The teacher's ``*ForCausalLM`` under a DeepSpeed engine or PEFT adapters (adapters stay active: they
         sit inside its layers; an adapter on its output layer sends it through its own logits, see the probe)."""
         teacher = self.teacher_model
+        if teacher is None:  # freed after KD (teacher_offload_after_kd="free")
+            return None
         if not isinstance(teacher, PreTrainedModel) and not is_peft_model(teacher):
             teacher = getattr(teacher, "module", teacher)
         return _causal_lm(teacher)
