@@ -384,8 +384,20 @@ def test_doc_block_runs(block: Block, tmp_path, monkeypatch, datasets_cache):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(datasets_cache))
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", datasets_cache)  # read once, at import
     monkeypatch.setattr(sys, "argv", ["doc-snippet"])
-    with _in(tmp_path):
-        if block.lang == "python":
-            _run_python(block)
-        else:
-            _run_shell(block)
+    # a snippet may register an arm, a schedule or a divergence (docs/reproduction.md does): the registries are
+    # process-wide, so restore them, or later tests in this worker would see the snippet's entries
+    from hf_salt.experiments.arms import ARMS
+    from hf_salt.salt.divergences import DIVERGENCES
+    from hf_salt.salt.schedules import SCHEDULES
+
+    saved = [(registry, dict(registry)) for registry in (ARMS, SCHEDULES, DIVERGENCES)]
+    try:
+        with _in(tmp_path):
+            if block.lang == "python":
+                _run_python(block)
+            else:
+                _run_shell(block)
+    finally:
+        for registry, entries in saved:
+            registry.clear()
+            registry.update(entries)
