@@ -228,9 +228,11 @@ def write_model_card(
     model_name: str | None = None,
     dataset_name: str | list[str] | None = None,
     tags: str | list[str] | None = None,
+    output_dir: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> str:
-    """Render the hf-salt model card for `trainer` and write it to `trainer.args.output_dir/README.md`.
+    """Render the hf-salt model card for `trainer` and write it to `output_dir/README.md` (default: the
+    trainer's `args.output_dir`; `SALTTrainer.save_model` passes a PEFT adapter folder).
 
     Only the main process writes (atomically: a temporary file, then `os.replace`), so a reader never sees
     half a card; every process gets the text back. Extra keyword arguments from `Trainer.push_to_hub`
@@ -246,8 +248,10 @@ def write_model_card(
         if "hypercloning" not in methods:
             methods.insert(0, "hypercloning")
         for key, source_key in _HYPERCLONING_KEYS:
-            if info.get(key) is None and grown.get(source_key) is not None:
+            if info.get(key) is None and source_key in grown:
                 info[key] = grown[source_key]
+        if "snr_db" in grown and grown["snr_db"] is None:  # recorded as "no noise", not unknown
+            info["snr_db"] = "none (an exact copy of the source's function)"
     if "step_by_step" in methods and info.get("dataset") is None and isinstance(dataset_name, str):
         info["dataset"] = dataset_name
     text = render_model_card(
@@ -260,7 +264,7 @@ def write_model_card(
         **kwargs,
     )
     if _is_main_process(trainer):
-        output_dir = Path(trainer.args.output_dir)
+        output_dir = Path(output_dir if output_dir is not None else trainer.args.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(output_dir / "README.md", text)
     return text
@@ -317,7 +321,7 @@ def render_model_card(
         summary=_summary(methods, info, model),
         is_adapter=bool(peft_info),
         peft_type=peft_info.get("type", ""),
-        adapter_base=peft_info.get("base", ""),
+        adapter_base=_model_name(peft_info["base"]) if peft_info.get("base") else "its base model",
         quickstart=_quickstart(
             args.hub_model_id or kwargs.get("model_path") or args.output_dir,
             is_seq2seq,
@@ -375,7 +379,9 @@ def _method_sections(methods: list[str], info: dict[str, Any]) -> tuple[list[dic
         rows = []
         for key, label in spec.fields:
             used.add(key)
-            rows.append((label, _fmt(info.get(key))))
+            if info.get(key) is None and key in _ONLY_WHEN_USED:
+                continue  # a setting of an option the run did not use: no row, rather than "not recorded"
+            rows.append((label, _fmt(info.get(key), model_ref=key in _MODEL_KEYS)))
         sections.append(
             {
                 "title": spec.title,
@@ -385,7 +391,9 @@ def _method_sections(methods: list[str], info: dict[str, Any]) -> tuple[list[dic
                 "rows": rows,
             }
         )
-    other = [(key, _fmt(value)) for key, value in info.items() if key not in used]
+    other = [
+        (key, _fmt(value, model_ref=key in _MODEL_KEYS)) for key, value in info.items() if key not in used
+    ]
     return sections, other
 
 
@@ -399,20 +407,26 @@ def _summary(methods: list[str], info: dict[str, Any], model: Any) -> str:
     }
     text = f"A `{kind}` trained with {' + '.join(names[m] for m in methods)} using hf-salt, a Transformers plugin."
     if "salt" in methods and info.get("teacher") is not None:
-        text += f" Its (smaller) teacher: {_fmt(info['teacher'])}."
+        text += f" Its (smaller) teacher: {_fmt(info['teacher'], model_ref=True)}."
     if "hypercloning" in methods and info.get("grown_from") is not None:
-        text += f" Grown from: {_fmt(info['grown_from'])}."
+        text += f" Grown from: {_fmt(info['grown_from'], model_ref=True)}."
     return text
 
 
-def _fmt(value: Any) -> str:
-    """One table cell: models become `name (N params)`, floats are short, missing values say so."""
+def _fmt(value: Any, model_ref: bool = False) -> str:
+    """One table cell: models become `name (N params)`, floats are short, missing values say so.
+
+    `model_ref`: the value names a model (teacher, grown-from), so a local folder is shown as one rather than
+    as something that reads like a Hub id.
+    """
     if value is None:
         return "not recorded"
     if hasattr(value, "config") and hasattr(value, "parameters"):
         name = getattr(value, "name_or_path", "") or getattr(value.config, "_name_or_path", "") or ""
-        label = f"`{name}`" if name else f"a `{type(value).__name__}`"
+        label = _model_name(str(name)) if name else f"a `{type(value).__name__}`"
         return f"{label} ({_count(_num_parameters(value))} parameters)"
+    if model_ref and isinstance(value, (str, os.PathLike)) and _is_local(os.fspath(value)):
+        return _model_name(os.fspath(value))
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
@@ -423,6 +437,22 @@ def _fmt(value: Any) -> str:
         return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
     text = str(value).replace("|", "\\|").replace("\n", " ")
     return f"`{text}`" if text != text.strip() else text  # keep meaningful spaces (task prefixes) visible
+
+
+def _is_local(name: str) -> bool:
+    """A local folder (or a path that cannot be a Hub repo id), not `org/name` on the Hub."""
+    from hf_salt.checks import looks_like_local_path
+
+    return os.path.exists(name) or looks_like_local_path(name)
+
+
+def _model_name(name: str) -> str:
+    """`org/name` for a Hub id; "a local model (`teacher/model`)" for a folder (its last parts, no home paths)."""
+    if not _is_local(name):
+        return f"`{name}`"
+    parts = Path(name).expanduser().absolute().parts
+    shown = "/".join(parts[-2:]) if parts[-1] in ("model", "final", "best") and len(parts) > 2 else parts[-1]
+    return f"a local model (`{shown}`)"
 
 
 def _count(n: int) -> str:
@@ -454,6 +484,11 @@ def _peft_info(model: Any) -> dict[str, str]:
     return {"type": str(getattr(peft_type, "value", peft_type)), "base": str(base)}
 
 
+# keys whose value names a model: local folders are rendered as such
+_MODEL_KEYS = frozenset({"teacher", "grown_from", "rationale_source"})
+# fields of options a run may not use: left out of the card when absent (kd_auto_switch only with kd_schedule=auto)
+_ONLY_WHEN_USED = frozenset({"kd_auto_switch"})
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -466,7 +501,7 @@ def _num_parameters(model: Any, only_trainable: bool = False) -> int:
 
 def _hub_id(name: Any) -> str | None:
     """Only Hub repo ids go into `base_model` (a local folder would make the Hub metadata invalid)."""
-    if not isinstance(name, str) or not name or os.path.exists(name) or not _HUB_ID.match(name):
+    if not isinstance(name, str) or not name or _is_local(name) or not _HUB_ID.match(name):
         return None
     return name
 

@@ -33,6 +33,7 @@ from hf_salt.checks import (
 )
 from hf_salt.cli.parser import Command
 from hf_salt.data import check_block_size, load_corpus, load_tokenizer, pack_dataset
+from hf_salt.hub import push_cli_output, take_push_request
 from hf_salt.io import atomic_directory
 from hf_salt.salt.config import SALTConfig
 from hf_salt.salt.schedules import resolve_kd_steps
@@ -216,6 +217,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Pre
     _drop_unused_teacher(data_args, training_args)
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     check_fresh_start(training_args.output_dir, resume, training_args.overwrite_output_dir)
+    push = take_push_request(training_args)  # uploaded once, after the model folder is saved
     tokenizer = load_tokenizer(model_args.tokenizer)
     model = load_model(model_args.model, vocab_size=len(tokenizer), seed=training_args.seed, causal=True)
     check_block_size(data_args.block_size, model.config)
@@ -277,6 +279,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Pre
     trainer.save_metrics("eval", {**metrics, "perplexity": ppl})
     if trainer.is_world_process_zero():
         print(f"validation loss {metrics['eval_loss']:.4f}  perplexity {ppl:.2f}  model saved to {out}")
+        if push:
+            return push_cli_output(training_args, out, "hf-salt pretrain")
     return 0
 
 

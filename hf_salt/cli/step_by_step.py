@@ -14,6 +14,7 @@ from hf_salt.checkpoints import ALLOW_CHANGED_HELP, RESUME_HELP, check_fresh_sta
 from hf_salt.checks import check_no_finished_run, check_writable
 from hf_salt.cli.parser import Command
 from hf_salt.data import load_tokenizer
+from hf_salt.hub import push_cli_output, take_push_request
 from hf_salt.io import save_pretrained_atomic
 from hf_salt.step_by_step.config import StepByStepConfig
 from hf_salt.step_by_step.data import SHIPPED_DATASETS, load_step_by_step
@@ -90,6 +91,7 @@ def run(script: StepByStepScriptArguments, args: StepByStepCLIConfig) -> int:
     check_no_finished_run(args.output_dir, ("model", "all_results.json"), args.overwrite_output_dir)
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     check_fresh_start(args.output_dir, resume, args.overwrite_output_dir)
+    push = take_push_request(args)  # uploaded once, after the model folder is saved
     data = load_step_by_step(script.dataset, train_split=script.train_split)
     if Path(script.dataset).name.lower() == "svamp" and args.label_metric == "exact_match":
         args.label_metric = "equation"  # SVAMP labels are equations: compare them by value
@@ -133,6 +135,8 @@ def run(script: StepByStepScriptArguments, args: StepByStepCLIConfig) -> int:
         if "test_accuracy" in metrics:
             summary += f", test {metrics['test_accuracy']:.4f}"
         print(f"{summary}; model saved to {out}, metrics in {Path(args.output_dir) / 'all_results.json'}")
+        if push:
+            return push_cli_output(args, out, "hf-salt distill-step-by-step")
     return 0
 
 
