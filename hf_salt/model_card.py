@@ -195,6 +195,8 @@ _EXTRA_METRICS: tuple[tuple[str, str], ...] = (
     ("teacher_ce", "teacher cross-entropy"),
     ("loss_label", "label-task loss"),
     ("loss_rationale", "rationale-task loss"),
+    ("accuracy", "label accuracy"),
+    ("exact_match", "label exact match"),
 )
 _MAX_LOG_ROWS = 12
 _FRAMEWORKS = ("transformers", "torch", "accelerate", "datasets", "tokenizers", "peft", "deepspeed")
@@ -294,6 +296,7 @@ def render_model_card(
             all_tags.append(tag)
     datasets = kwargs.get("dataset") or dataset_name
     datasets = [datasets] if isinstance(datasets, str) else list(datasets or [])
+    datasets = [d for d in datasets if not _is_local(str(d))]  # a local file is no Hub data set
     base_model = (
         _hub_id(kwargs.get("finetuned_from"))
         or _hub_id(peft_info.get("base"))
@@ -381,7 +384,7 @@ def _method_sections(methods: list[str], info: dict[str, Any]) -> tuple[list[dic
             used.add(key)
             if info.get(key) is None and key in _ONLY_WHEN_USED:
                 continue  # a setting of an option the run did not use: no row, rather than "not recorded"
-            rows.append((label, _fmt(info.get(key), model_ref=key in _MODEL_KEYS)))
+            rows.append((label, _fmt(info.get(key), kind=_PATH_KEYS.get(key))))
         sections.append(
             {
                 "title": spec.title,
@@ -391,9 +394,7 @@ def _method_sections(methods: list[str], info: dict[str, Any]) -> tuple[list[dic
                 "rows": rows,
             }
         )
-    other = [
-        (key, _fmt(value, model_ref=key in _MODEL_KEYS)) for key, value in info.items() if key not in used
-    ]
+    other = [(key, _fmt(value, kind=_PATH_KEYS.get(key))) for key, value in info.items() if key not in used]
     return sections, other
 
 
@@ -407,17 +408,17 @@ def _summary(methods: list[str], info: dict[str, Any], model: Any) -> str:
     }
     text = f"A `{kind}` trained with {' + '.join(names[m] for m in methods)} using hf-salt, a Transformers plugin."
     if "salt" in methods and info.get("teacher") is not None:
-        text += f" Its (smaller) teacher: {_fmt(info['teacher'], model_ref=True)}."
+        text += f" Its (smaller) teacher: {_fmt(info['teacher'], kind='model')}."
     if "hypercloning" in methods and info.get("grown_from") is not None:
-        text += f" Grown from: {_fmt(info['grown_from'], model_ref=True)}."
+        text += f" Grown from: {_fmt(info['grown_from'], kind='model')}."
     return text
 
 
-def _fmt(value: Any, model_ref: bool = False) -> str:
+def _fmt(value: Any, kind: str | None = None) -> str:
     """One table cell: models become `name (N params)`, floats are short, missing values say so.
 
-    `model_ref`: the value names a model (teacher, grown-from), so a local folder is shown as one rather than
-    as something that reads like a Hub id.
+    `kind` ("model", "dataset"): the value names a model or data set, so a local path is shown as one rather
+    than as something that reads like a Hub id.
     """
     if value is None:
         return "not recorded"
@@ -425,8 +426,8 @@ def _fmt(value: Any, model_ref: bool = False) -> str:
         name = getattr(value, "name_or_path", "") or getattr(value.config, "_name_or_path", "") or ""
         label = _model_name(str(name)) if name else f"a `{type(value).__name__}`"
         return f"{label} ({_count(_num_parameters(value))} parameters)"
-    if model_ref and isinstance(value, (str, os.PathLike)) and _is_local(os.fspath(value)):
-        return _model_name(os.fspath(value))
+    if kind and isinstance(value, (str, os.PathLike)) and _is_local(os.fspath(value)):
+        return _model_name(os.fspath(value), kind)
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
@@ -446,13 +447,13 @@ def _is_local(name: str) -> bool:
     return os.path.exists(name) or looks_like_local_path(name)
 
 
-def _model_name(name: str) -> str:
+def _model_name(name: str, kind: str = "model") -> str:
     """`org/name` for a Hub id; "a local model (`teacher/model`)" for a folder (its last parts, no home paths)."""
     if not _is_local(name):
         return f"`{name}`"
     parts = Path(name).expanduser().absolute().parts
     shown = "/".join(parts[-2:]) if parts[-1] in ("model", "final", "best") and len(parts) > 2 else parts[-1]
-    return f"a local model (`{shown}`)"
+    return f"a local {kind} (`{shown}`)"
 
 
 def _count(n: int) -> str:
@@ -485,7 +486,7 @@ def _peft_info(model: Any) -> dict[str, str]:
 
 
 # keys whose value names a model: local folders are rendered as such
-_MODEL_KEYS = frozenset({"teacher", "grown_from", "rationale_source"})
+_PATH_KEYS = {"teacher": "model", "grown_from": "model", "rationale_source": "model", "dataset": "dataset"}
 # fields of options a run may not use: left out of the card when absent (kd_auto_switch only with kd_schedule=auto)
 _ONLY_WHEN_USED = frozenset({"kd_auto_switch"})
 
@@ -631,7 +632,7 @@ def _metrics(log_history: list[dict[str, Any]]) -> list[tuple[str, str]]:
         rows.append(("final eval loss", f"{eval_loss:.4f}"))
         rows.append(("final eval perplexity", _ppl(eval_ce if eval_ce is not None else eval_loss)))
     for key, label in _EXTRA_METRICS:
-        for prefix in ("", "eval_"):
+        for prefix in ("", "eval_", "test_"):
             value = _last(log_history, prefix + key)
             if value is not None:
                 rows.append((f"{prefix}{key} ({label})", f"{value:.4g}"))

@@ -111,10 +111,11 @@ class TrainerBase(AtomicCheckpointMixin):
         model_name: str | None = None,
         dataset_name: str | list[str] | None = None,
         tags: str | list[str] | None = None,
+        extra_info: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> str:
         """Write output_dir/README.md (or `output_dir=` given as a keyword): the hf-salt card with this trainer's
-        method, settings and tags."""
+        method, settings and tags. `extra_info`: settings the trainer cannot know (the CLI's corpus)."""
         from hf_salt.model_card import write_model_card
 
         extra = [tags] if isinstance(tags, str) else list(tags or [])
@@ -123,7 +124,7 @@ class TrainerBase(AtomicCheckpointMixin):
         return write_model_card(
             self,
             method=self.card_method(),
-            method_info=self.method_info(),
+            method_info={**self.method_info(), **(extra_info or {})},
             model_name=model_name,
             dataset_name=dataset_name,
             tags=list(dict.fromkeys([*self._tag_names, *extra])),

@@ -3,6 +3,7 @@ cards name local models as local folders, record what the run knows, and replace
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -109,6 +110,42 @@ def test_cli_push_to_hub_unreachable_and_card_of_a_local_teacher(tmp_path) -> No
     assert str(tmp_path) not in text and "hf.co" not in text
     assert "automatic switch" not in text  # kd_schedule=step: the auto switch is not part of this run
     assert "| n_KD (distillation steps) | 2 |" in text and "| omega (KD weight) | 0.75 |" in text
+    assert "| dataset | wikitext-2 |" in text  # the corpus the CLI trained on
+
+
+def test_cli_distill_step_by_step_card_and_offline_push(tmp_path, capsys) -> None:
+    from hf_salt.cli.main import main
+
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # tests/conftest.py
+    config = tmp_path / "cfg.yaml"
+    config.write_text("model: t5-tiny\nmax_steps: 2\nper_device_train_batch_size: 4\nmax_eval_samples: 4\n")
+    out = tmp_path / "out"
+    argv = [
+        "distill-step-by-step", "--config", str(config), "--dataset", "svamp", "--train_fraction", "0.05",
+        "--output_dir", str(out), "--generation_max_length", "4", "--use_cpu", "true", "--push_to_hub",
+        "--max_test_samples", "2",
+    ]  # fmt: skip
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "--push_to_hub: HF_HUB_OFFLINE=1 is set" in captured.out  # said before training, too
+    errors = [line for line in captured.err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in captured.err
+    assert errors[0].startswith("hf-salt distill-step-by-step: error: could not upload to the Hub (out): ")
+    assert (
+        f"HF_HUB_OFFLINE=1 is set (offline mode). The model is saved locally at {out / 'model'};" in errors[0]
+    )
+    assert (out / "model" / "model.safetensors").is_file() and (out / "all_results.json").is_file()
+
+    card = ModelCard.load(out / "model" / "README.md")
+    assert card.data.tags == ["hf-salt", "distilling-step-by-step", "rationale-distillation"]
+    assert card.data.datasets is None  # "svamp" is the shipped copy, not a Hub data set id
+    text = card.text
+    assert "not recorded" not in text, text
+    assert "| task data | svamp |" in text
+    assert "| rationales from | PaLM-540B (the paper's released rationales) |" in text
+    results = json.loads((out / "all_results.json").read_text())
+    assert f"| eval_accuracy (label accuracy) | {results['eval_accuracy']:.4g} |" in text
+    assert f"| test_accuracy (label accuracy) | {results['test_accuracy']:.4g} |" in text
 
 
 def test_card_of_a_model_grown_from_a_local_folder(tmp_path) -> None:

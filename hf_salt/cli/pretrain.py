@@ -266,6 +266,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Pre
         trainer.create_model_card(  # output_dir/README.md, copied into the model folder below
             model_name=Path(training_args.output_dir).name,
             model_path=str(Path(training_args.output_dir) / "model"),
+            extra_info={"dataset": data_args.corpus},
         )
     if trainer.is_world_process_zero():
         out = Path(training_args.output_dir) / "model"
