@@ -180,6 +180,7 @@ def _salt_ds_pool(data_args: DataArguments, args: PretrainArguments, tokenizer):
     """Load the scored dataset and pick the KD-stage pool (n_KD x global batch blocks)."""
     from datasets import load_from_disk
 
+    from hf_salt.cli.score import SCORED_WITH
     from hf_salt.salt_ds import select
 
     if not Path(data_args.salt_ds).is_dir():
@@ -190,6 +191,9 @@ def _salt_ds_pool(data_args: DataArguments, args: PretrainArguments, tokenizer):
     vocab_size = len(tokenizer)
     with naming_corrupt_files(data_args.salt_ds, "--salt_ds"):
         scored = load_from_disk(data_args.salt_ds)
+        record = Path(data_args.salt_ds) / SCORED_WITH  # how it was scored (top-k, statistic): for the card
+        if record.is_file():
+            scored.salt_ds_scoring = json.loads(record.read_text())
         first = len(scored[0]["input_ids"]) if len(scored) else None  # reads the data, not just the header
     if first is not None and first != data_args.block_size:
         raise ValueError(
