@@ -297,11 +297,13 @@ def render_model_card(
     datasets = kwargs.get("dataset") or dataset_name
     datasets = [datasets] if isinstance(datasets, str) else list(datasets or [])
     datasets = [d for d in datasets if not _is_local(str(d))]  # a local file is no Hub data set
+    grown = _hypercloning_provenance(model)
     base_model = (
         _hub_id(kwargs.get("finetuned_from"))
         or _hub_id(peft_info.get("base"))
-        or _hub_id(_hypercloning_provenance(model).get("source"))
-        or _hub_id(getattr(getattr(model, "config", None), "_name_or_path", None))
+        or _hub_id(grown.get("source"))
+        # a grown model's own name is made up ("<source>-hypercloned-2x"): never a Hub repo to point at
+        or (None if grown else _hub_id(getattr(getattr(model, "config", None), "_name_or_path", None)))
     )
     is_seq2seq = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
     card_data = ModelCardData(

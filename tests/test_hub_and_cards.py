@@ -148,12 +148,13 @@ def test_cli_distill_step_by_step_card_and_offline_push(tmp_path, capsys) -> Non
     assert f"| test_accuracy (label accuracy) | {results['test_accuracy']:.4g} |" in text
 
 
-def test_card_of_a_model_grown_from_a_local_folder(tmp_path) -> None:
+def test_card_of_a_model_grown_from_a_local_folder(tmp_path, monkeypatch) -> None:
     from hf_salt import hypercloning as hc
 
-    small = tmp_path / "small"
-    build_model("llama-tiny", vocab_size=128, seed=0).save_pretrained(small)
-    grown = hc.from_pretrained(str(small), width_multiplier=2)  # no noise: an exact copy
+    monkeypatch.chdir(tmp_path)  # "models/small" reads like a Hub id, and so does the clone's name
+    build_model("llama-tiny", vocab_size=128, seed=0).save_pretrained("models/small")
+    grown = hc.from_pretrained("models/small", width_multiplier=2)  # no noise: an exact copy
+    assert grown.config._name_or_path == "models/small-hypercloned-2x"
     args = TrainingArguments(
         output_dir=str(tmp_path / "out"), max_steps=1, report_to="none", use_cpu=True, save_strategy="no"
     )
@@ -163,7 +164,7 @@ def test_card_of_a_model_grown_from_a_local_folder(tmp_path) -> None:
     card = ModelCard.load(Path(args.output_dir) / "README.md")
     assert card.data.base_model is None
     assert "| grown from | a local model (`small`) |" in text
-    assert "Grown from: a local model (`small`)." in text
+    assert "Grown from: a local model (`small`)." in text and "hf.co" not in text
     assert "| width multiplier | 2 |" in text and "| FFN multiplier | 2 |" in text
     assert "| depth multiplier | 1 |" in text
     assert "| noise SNR (dB) | none (an exact copy of the source's function) |" in text
