@@ -42,6 +42,8 @@ _LAZY: dict[str, str] = {
     "resolve_resume": "hf_salt.checkpoints",
     "hold_output": "hf_salt.io",
     "OutputInUse": "hf_salt.io",
+    # the Hub
+    "HubUploadError": "hf_salt.hub",
     # data and models
     "load_corpus": "hf_salt.data",
     "load_tokenizer": "hf_salt.data",

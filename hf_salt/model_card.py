@@ -195,6 +195,8 @@ _EXTRA_METRICS: tuple[tuple[str, str], ...] = (
     ("teacher_ce", "teacher cross-entropy"),
     ("loss_label", "label-task loss"),
     ("loss_rationale", "rationale-task loss"),
+    ("accuracy", "label accuracy"),
+    ("exact_match", "label exact match"),
 )
 _MAX_LOG_ROWS = 12
 _FRAMEWORKS = ("transformers", "torch", "accelerate", "datasets", "tokenizers", "peft", "deepspeed")
@@ -228,9 +230,11 @@ def write_model_card(
     model_name: str | None = None,
     dataset_name: str | list[str] | None = None,
     tags: str | list[str] | None = None,
+    output_dir: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> str:
-    """Render the hf-salt model card for `trainer` and write it to `trainer.args.output_dir/README.md`.
+    """Render the hf-salt model card for `trainer` and write it to `output_dir/README.md` (default: the
+    trainer's `args.output_dir`; `SALTTrainer.save_model` passes a PEFT adapter folder).
 
     Only the main process writes (atomically: a temporary file, then `os.replace`), so a reader never sees
     half a card; every process gets the text back. Extra keyword arguments from `Trainer.push_to_hub`
@@ -246,8 +250,10 @@ def write_model_card(
         if "hypercloning" not in methods:
             methods.insert(0, "hypercloning")
         for key, source_key in _HYPERCLONING_KEYS:
-            if info.get(key) is None and grown.get(source_key) is not None:
+            if info.get(key) is None and source_key in grown:
                 info[key] = grown[source_key]
+        if "snr_db" in grown and grown["snr_db"] is None:  # recorded as "no noise", not unknown
+            info["snr_db"] = "none (an exact copy of the source's function)"
     if "step_by_step" in methods and info.get("dataset") is None and isinstance(dataset_name, str):
         info["dataset"] = dataset_name
     text = render_model_card(
@@ -260,7 +266,7 @@ def write_model_card(
         **kwargs,
     )
     if _is_main_process(trainer):
-        output_dir = Path(trainer.args.output_dir)
+        output_dir = Path(output_dir if output_dir is not None else trainer.args.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(output_dir / "README.md", text)
     return text
@@ -290,11 +296,14 @@ def render_model_card(
             all_tags.append(tag)
     datasets = kwargs.get("dataset") or dataset_name
     datasets = [datasets] if isinstance(datasets, str) else list(datasets or [])
+    datasets = [d for d in datasets if not _is_local(str(d))]  # a local file is no Hub data set
+    grown = _hypercloning_provenance(model)
     base_model = (
         _hub_id(kwargs.get("finetuned_from"))
         or _hub_id(peft_info.get("base"))
-        or _hub_id(_hypercloning_provenance(model).get("source"))
-        or _hub_id(getattr(getattr(model, "config", None), "_name_or_path", None))
+        or _hub_id(grown.get("source"))
+        # a grown model's own name is made up ("<source>-hypercloned-2x"): never a Hub repo to point at
+        or (None if grown else _hub_id(getattr(getattr(model, "config", None), "_name_or_path", None)))
     )
     is_seq2seq = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
     card_data = ModelCardData(
@@ -317,7 +326,7 @@ def render_model_card(
         summary=_summary(methods, info, model),
         is_adapter=bool(peft_info),
         peft_type=peft_info.get("type", ""),
-        adapter_base=peft_info.get("base", ""),
+        adapter_base=_model_name(peft_info["base"]) if peft_info.get("base") else "its base model",
         quickstart=_quickstart(
             args.hub_model_id or kwargs.get("model_path") or args.output_dir,
             is_seq2seq,
@@ -375,7 +384,9 @@ def _method_sections(methods: list[str], info: dict[str, Any]) -> tuple[list[dic
         rows = []
         for key, label in spec.fields:
             used.add(key)
-            rows.append((label, _fmt(info.get(key))))
+            if info.get(key) is None and key in _ONLY_WHEN_USED:
+                continue  # a setting of an option the run did not use: no row, rather than "not recorded"
+            rows.append((label, _fmt(info.get(key), kind=_PATH_KEYS.get(key))))
         sections.append(
             {
                 "title": spec.title,
@@ -385,7 +396,7 @@ def _method_sections(methods: list[str], info: dict[str, Any]) -> tuple[list[dic
                 "rows": rows,
             }
         )
-    other = [(key, _fmt(value)) for key, value in info.items() if key not in used]
+    other = [(key, _fmt(value, kind=_PATH_KEYS.get(key))) for key, value in info.items() if key not in used]
     return sections, other
 
 
@@ -399,20 +410,26 @@ def _summary(methods: list[str], info: dict[str, Any], model: Any) -> str:
     }
     text = f"A `{kind}` trained with {' + '.join(names[m] for m in methods)} using hf-salt, a Transformers plugin."
     if "salt" in methods and info.get("teacher") is not None:
-        text += f" Its (smaller) teacher: {_fmt(info['teacher'])}."
+        text += f" Its (smaller) teacher: {_fmt(info['teacher'], kind='model')}."
     if "hypercloning" in methods and info.get("grown_from") is not None:
-        text += f" Grown from: {_fmt(info['grown_from'])}."
+        text += f" Grown from: {_fmt(info['grown_from'], kind='model')}."
     return text
 
 
-def _fmt(value: Any) -> str:
-    """One table cell: models become `name (N params)`, floats are short, missing values say so."""
+def _fmt(value: Any, kind: str | None = None) -> str:
+    """One table cell: models become `name (N params)`, floats are short, missing values say so.
+
+    `kind` ("model", "dataset"): the value names a model or data set, so a local path is shown as one rather
+    than as something that reads like a Hub id.
+    """
     if value is None:
         return "not recorded"
     if hasattr(value, "config") and hasattr(value, "parameters"):
         name = getattr(value, "name_or_path", "") or getattr(value.config, "_name_or_path", "") or ""
-        label = f"`{name}`" if name else f"a `{type(value).__name__}`"
+        label = _model_name(str(name)) if name else f"a `{type(value).__name__}`"
         return f"{label} ({_count(_num_parameters(value))} parameters)"
+    if kind and isinstance(value, (str, os.PathLike)) and _is_local(os.fspath(value)):
+        return _model_name(os.fspath(value), kind)
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
@@ -423,6 +440,22 @@ def _fmt(value: Any) -> str:
         return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
     text = str(value).replace("|", "\\|").replace("\n", " ")
     return f"`{text}`" if text != text.strip() else text  # keep meaningful spaces (task prefixes) visible
+
+
+def _is_local(name: str) -> bool:
+    """A local folder (or a path that cannot be a Hub repo id), not `org/name` on the Hub."""
+    from hf_salt.checks import looks_like_local_path
+
+    return os.path.exists(name) or looks_like_local_path(name)
+
+
+def _model_name(name: str, kind: str = "model") -> str:
+    """`org/name` for a Hub id; "a local model (`teacher/model`)" for a folder (its last parts, no home paths)."""
+    if not _is_local(name):
+        return f"`{name}`"
+    parts = Path(name).expanduser().absolute().parts
+    shown = "/".join(parts[-2:]) if parts[-1] in ("model", "final", "best") and len(parts) > 2 else parts[-1]
+    return f"a local {kind} (`{shown}`)"
 
 
 def _count(n: int) -> str:
@@ -454,6 +487,11 @@ def _peft_info(model: Any) -> dict[str, str]:
     return {"type": str(getattr(peft_type, "value", peft_type)), "base": str(base)}
 
 
+# keys whose value names a model: local folders are rendered as such
+_PATH_KEYS = {"teacher": "model", "grown_from": "model", "rationale_source": "model", "dataset": "dataset"}
+# fields of options a run may not use: left out of the card when absent (kd_auto_switch only with kd_schedule=auto)
+_ONLY_WHEN_USED = frozenset({"kd_auto_switch"})
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -466,7 +504,7 @@ def _num_parameters(model: Any, only_trainable: bool = False) -> int:
 
 def _hub_id(name: Any) -> str | None:
     """Only Hub repo ids go into `base_model` (a local folder would make the Hub metadata invalid)."""
-    if not isinstance(name, str) or not name or os.path.exists(name) or not _HUB_ID.match(name):
+    if not isinstance(name, str) or not name or _is_local(name) or not _HUB_ID.match(name):
         return None
     return name
 
@@ -596,7 +634,7 @@ def _metrics(log_history: list[dict[str, Any]]) -> list[tuple[str, str]]:
         rows.append(("final eval loss", f"{eval_loss:.4f}"))
         rows.append(("final eval perplexity", _ppl(eval_ce if eval_ce is not None else eval_loss)))
     for key, label in _EXTRA_METRICS:
-        for prefix in ("", "eval_"):
+        for prefix in ("", "eval_", "test_"):
             value = _last(log_history, prefix + key)
             if value is not None:
                 rows.append((f"{prefix}{key} ({label})", f"{value:.4g}"))

@@ -9,12 +9,16 @@ and `Seq2SeqTrainer` alike.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from hf_salt.checkpoints import AtomicCheckpointMixin
+
+logger = logging.getLogger(__name__)
 
 
 class MetricsBuffer:
@@ -107,9 +111,11 @@ class TrainerBase(AtomicCheckpointMixin):
         model_name: str | None = None,
         dataset_name: str | list[str] | None = None,
         tags: str | list[str] | None = None,
+        extra_info: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> str:
-        """Write output_dir/README.md: the hf-salt card with this trainer's method, settings and tags."""
+        """Write output_dir/README.md (or `output_dir=` given as a keyword): the hf-salt card with this trainer's
+        method, settings and tags. `extra_info`: settings the trainer cannot know (the CLI's corpus)."""
         from hf_salt.model_card import write_model_card
 
         extra = [tags] if isinstance(tags, str) else list(tags or [])
@@ -118,12 +124,107 @@ class TrainerBase(AtomicCheckpointMixin):
         return write_model_card(
             self,
             method=self.card_method(),
-            method_info=self.method_info(),
+            method_info={**self.method_info(), **(extra_info or {})},
             model_name=model_name,
             dataset_name=dataset_name,
             tags=list(dict.fromkeys([*self._tag_names, *extra])),
             **kwargs,
         )
+
+    # ------------------------------------------------------------------------------------------ Hub
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """`Trainer.save_model`; a PEFT adapter folder gets the hf-salt card instead of PEFT's blank one."""
+        super().save_model(output_dir, _internal_call=True)  # type: ignore[misc]
+        from accelerate.utils import is_peft_model
+
+        from hf_salt.model_card import _unwrap
+
+        if not _internal_call and is_peft_model(_unwrap(self)) and self.is_world_process_zero():  # type: ignore[attr-defined]
+            self.create_model_card(output_dir=output_dir or self.args.output_dir)  # type: ignore[attr-defined]
+        if self.args.push_to_hub and not _internal_call:  # type: ignore[attr-defined]
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)  # type: ignore[attr-defined]
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """`Trainer.init_hf_repo`, but a Hub that cannot be reached (offline, no connection, no token) does not
+        stop training: nothing is uploaded during the run and `push_to_hub` says why at the end."""
+        from hf_salt.hub import hub_failure_reason
+
+        reason = hub_failure_reason(token=token if token is not None else self.args.hub_token)  # type: ignore[attr-defined]
+        if reason is None:
+            try:
+                super().init_hf_repo(token=token, private=private)  # type: ignore[misc]
+                return
+            except Exception as err:
+                reason = hub_failure_reason(err)
+                if reason is None:
+                    raise
+        self.hub_model_id = None
+        self.push_in_progress = None
+        logger.warning(
+            f"push_to_hub: the Hub cannot be reached ({reason}); training goes on and saves locally."
+        )
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        if (
+            getattr(self, "hub_model_id", None) is None
+        ):  # the Hub was unreachable at the start: nothing to push to
+            return
+        super()._push_from_checkpoint(checkpoint_folder)  # type: ignore[misc]
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """`Trainer.push_to_hub` that saves the model and its card *before* it contacts the Hub, and fails with a
+        one-line :class:`hf_salt.hub.HubUploadError` (why, and where the model is saved) when it cannot upload."""
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+        from transformers.utils.hub import hf_api
+
+        from hf_salt.hub import HubUploadError, failure_message, hub_failure_reason
+
+        args = self.args  # type: ignore[attr-defined]
+        self.callback_handler.on_push_begin(args, self.state, self.control)  # type: ignore[attr-defined]
+        model_name = kwargs.pop("model_name", None)
+        if model_name is None and args.should_save:
+            model_name = (args.hub_model_id or Path(args.output_dir).name).split("/")[-1]
+        token = token if token is not None else args.hub_token
+        self.save_model(_internal_call=True)  # the whole local save first: a failed upload loses nothing
+        if not self.is_world_process_zero():  # type: ignore[attr-defined]
+            return None
+        model_tags = getattr(self.model, "model_tags", None)  # type: ignore[attr-defined]
+        if model_tags:
+            tags = kwargs.get("tags") or []
+            tags = [tags] if isinstance(tags, str) else list(tags)
+            kwargs["tags"] = tags + [t for t in model_tags if t not in tags]
+        self.create_model_card(model_name=model_name, **kwargs)
+        repo_id = (
+            getattr(self, "hub_model_id", None) or args.hub_model_id or Path(args.output_dir).absolute().name
+        )
+        reason = hub_failure_reason(token=token)
+        try:
+            if reason is None:
+                if getattr(self, "hub_model_id", None) is None:
+                    super().init_hf_repo(token=token, private=private)  # type: ignore[misc]
+                self._finish_current_push()  # type: ignore[attr-defined]
+                return hf_api().upload_folder(
+                    repo_id=self.hub_model_id,
+                    folder_path=args.output_dir,
+                    commit_message=commit_message,
+                    token=token,
+                    run_as_future=not blocking,
+                    ignore_patterns=["_*", f"{PREFIX_CHECKPOINT_DIR}-*"],
+                    revision=revision if revision is not None else args.hub_revision,
+                )
+        except Exception as err:
+            reason = hub_failure_reason(err)
+            if reason is None:
+                raise
+        raise HubUploadError(failure_message(reason, args.output_dir, repo_id)) from None
 
 
 def paper(method: str) -> dict[str, str]:

@@ -70,7 +70,13 @@ def test_pretrain_salt_and_salt_ds_from_the_command_line(tmp_path, capsys):
     assert "SALT_DS: 8 of 48 scored blocks feed the 2 KD steps" in out
     assert (tmp_path / "ds" / "model" / "model.safetensors").exists()
     card = (tmp_path / "ds" / "model" / "README.md").read_text()
-    assert "salt_ds" in card and str(teacher / "model") in card and "48" in card  # method, teacher, pool size
+    assert (
+        "salt-ds" in card and "| candidate pool size | 48 |" in card and "| selected examples | 8 |" in card
+    )
+    # the teacher is a local folder: named as one, not as a Hub id; how the pool was scored comes from `score`
+    assert "| teacher | a local model (`teacher/model`) |" in card
+    assert "| top-k | 10 |" in card and "| score statistic | median |" in card
+    assert "| dataset | tinyshakespeare |" in card and "not recorded" not in card
 
 
 def test_salt_ds_needs_a_teacher(tmp_path, capsys):

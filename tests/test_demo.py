@@ -73,12 +73,18 @@ def test_tiny_demo_end_to_end(tmp_path, capsys, recwarn):
     assert set(results["arms"]) == {"baseline", "salt", "hypercloning", "hypercloning+salt", "salt_ds"}
     # every hf-salt arm's model folder carries its model card
     salt_card = (out / "salt" / "README.md").read_text()
-    assert "hf-salt" in salt_card and str(out / "teacher") in salt_card and "2410.18779" in salt_card
+    assert "hf-salt" in salt_card and "2410.18779" in salt_card
+    assert "| teacher | a local model (`teacher`) |" in salt_card  # a folder, not a Hub id
     # the quick start names the folder the model is in, which loads as printed (no made-up repo id)
     loads = re.findall(r'from_pretrained\("([^"]+)"\)', salt_card)
     assert loads and set(loads) == {str(out / "salt")}
     clone_card = (out / "hypercloning" / "README.md").read_text()
     assert "2409.12903" in clone_card and "hypercloning" in clone_card.lower()
+    assert "| grown from | a local model (`teacher`) |" in clone_card  # the demo's teacher folder
+    ds_card = (out / "salt_ds" / "README.md").read_text()
+    assert "| top-k | 10 |" in ds_card and "| score statistic | median |" in ds_card
+    for card in (salt_card, clone_card, ds_card, (out / "hypercloning_plus_salt" / "README.md").read_text()):
+        assert "not recorded" not in card
     salt = results["arms"]["salt"]
     assert salt["steps"] == 8 and salt["kd_steps"] == 2
     assert salt["curve"]["kd_weight"][0] == pytest.approx(0.75) and salt["curve"]["kd_weight"][-1] == 0.0

@@ -75,6 +75,20 @@ def test_grow_refuses_bad_input_without_writing(src_dir, tmp_path, capsys) -> No
     assert [p.name for p in dst.iterdir()] == ["keep.txt"]
 
 
+def test_grow_refuses_a_non_empty_destination_before_loading(src_dir, tmp_path, capsys, monkeypatch) -> None:
+    """The check comes first: a full destination costs no model loading or cloning."""
+    import hf_salt.hypercloning.core as core
+
+    monkeypatch.setattr(core, "load_source", lambda *a, **k: pytest.fail("loaded before checking the output"))
+    path, _ = src_dir
+    dst = tmp_path / "grown"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("mine")
+    assert main(["grow", str(path), str(dst)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert [p.name for p in dst.iterdir()] == ["keep.txt"]
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [

@@ -33,6 +33,7 @@ from hf_salt.checks import (
 )
 from hf_salt.cli.parser import Command
 from hf_salt.data import check_block_size, load_corpus, load_tokenizer, pack_dataset
+from hf_salt.hub import push_cli_output, take_push_request
 from hf_salt.io import atomic_directory
 from hf_salt.salt.config import SALTConfig
 from hf_salt.salt.schedules import resolve_kd_steps
@@ -179,6 +180,7 @@ def _salt_ds_pool(data_args: DataArguments, args: PretrainArguments, tokenizer):
     """Load the scored dataset and pick the KD-stage pool (n_KD x global batch blocks)."""
     from datasets import load_from_disk
 
+    from hf_salt.cli.score import SCORED_WITH
     from hf_salt.salt_ds import select
 
     if not Path(data_args.salt_ds).is_dir():
@@ -189,6 +191,9 @@ def _salt_ds_pool(data_args: DataArguments, args: PretrainArguments, tokenizer):
     vocab_size = len(tokenizer)
     with naming_corrupt_files(data_args.salt_ds, "--salt_ds"):
         scored = load_from_disk(data_args.salt_ds)
+        record = Path(data_args.salt_ds) / SCORED_WITH  # how it was scored (top-k, statistic): for the card
+        if record.is_file():
+            scored.salt_ds_scoring = json.loads(record.read_text())
         first = len(scored[0]["input_ids"]) if len(scored) else None  # reads the data, not just the header
     if first is not None and first != data_args.block_size:
         raise ValueError(
@@ -216,6 +221,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Pre
     _drop_unused_teacher(data_args, training_args)
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     check_fresh_start(training_args.output_dir, resume, training_args.overwrite_output_dir)
+    push = take_push_request(training_args)  # uploaded once, after the model folder is saved
     tokenizer = load_tokenizer(model_args.tokenizer)
     model = load_model(model_args.model, vocab_size=len(tokenizer), seed=training_args.seed, causal=True)
     check_block_size(data_args.block_size, model.config)
@@ -264,6 +270,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Pre
         trainer.create_model_card(  # output_dir/README.md, copied into the model folder below
             model_name=Path(training_args.output_dir).name,
             model_path=str(Path(training_args.output_dir) / "model"),
+            extra_info={"dataset": data_args.corpus},
         )
     if trainer.is_world_process_zero():
         out = Path(training_args.output_dir) / "model"
@@ -277,6 +284,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Pre
     trainer.save_metrics("eval", {**metrics, "perplexity": ppl})
     if trainer.is_world_process_zero():
         print(f"validation loss {metrics['eval_loss']:.4f}  perplexity {ppl:.2f}  model saved to {out}")
+        if push:
+            return push_cli_output(training_args, out, "hf-salt pretrain")
     return 0
 
 

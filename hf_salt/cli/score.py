@@ -139,6 +139,8 @@ def run(args: ScoreArguments) -> int:
                     {
                         "tokenizer": tokenizer_path or "shipped",
                         "vocab_sha256": tokenizer_fingerprint(tokenizer),
+                        "top_k": args.top_k,  # how it was scored, for the model card
+                        "statistic": args.salt_ds_statistic,
                     }
                 )
             )

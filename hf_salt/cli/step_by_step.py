@@ -14,7 +14,8 @@ from hf_salt.checkpoints import ALLOW_CHANGED_HELP, RESUME_HELP, check_fresh_sta
 from hf_salt.checks import check_no_finished_run, check_writable
 from hf_salt.cli.parser import Command
 from hf_salt.data import load_tokenizer
-from hf_salt.io import save_pretrained_atomic
+from hf_salt.hub import push_cli_output, take_push_request
+from hf_salt.io import atomic_directory, write_text_atomic
 from hf_salt.step_by_step.config import StepByStepConfig
 from hf_salt.step_by_step.data import SHIPPED_DATASETS, load_step_by_step
 from hf_salt.step_by_step.trainer import StepByStepTrainer
@@ -90,6 +91,7 @@ def run(script: StepByStepScriptArguments, args: StepByStepCLIConfig) -> int:
     check_no_finished_run(args.output_dir, ("model", "all_results.json"), args.overwrite_output_dir)
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     check_fresh_start(args.output_dir, resume, args.overwrite_output_dir)
+    push = take_push_request(args)  # uploaded once, after the model folder is saved
     data = load_step_by_step(script.dataset, train_split=script.train_split)
     if Path(script.dataset).name.lower() == "svamp" and args.label_metric == "exact_match":
         args.label_metric = "equation"  # SVAMP labels are equations: compare them by value
@@ -119,10 +121,13 @@ def run(script: StepByStepScriptArguments, args: StepByStepCLIConfig) -> int:
     if test is not None and len(test):  # reported once, after training: selection uses validation only
         test_metrics = trainer.evaluate(test, metric_key_prefix="test")
         trainer.log_metrics("test", test_metrics)
+    out = Path(args.output_dir) / "model"
+    card = _write_card(trainer, script, out)
     if trainer.is_world_process_zero():
-        out = save_pretrained_atomic(
-            trainer.model, Path(args.output_dir) / "model", tokenizer=tokenizer, overwrite=True
-        )  # the finished-run check came first
+        with atomic_directory(out) as tmp:  # the finished-run check came first
+            trainer.model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            write_text_atomic(tmp / "README.md", card)
     # eval/test_results.json and all_results.json mark the run finished: written after model/
     trainer.save_metrics("eval", metrics)
     if test is not None and len(test):
@@ -133,7 +138,26 @@ def run(script: StepByStepScriptArguments, args: StepByStepCLIConfig) -> int:
         if "test_accuracy" in metrics:
             summary += f", test {metrics['test_accuracy']:.4f}"
         print(f"{summary}; model saved to {out}, metrics in {Path(args.output_dir) / 'all_results.json'}")
+        if push:
+            return push_cli_output(args, out, "hf-salt distill-step-by-step")
     return 0
+
+
+def _write_card(trainer: StepByStepTrainer, script: StepByStepScriptArguments, folder: Path) -> str:
+    """The hf-salt card (output_dir/README.md, returned for the model folder), with the task data and where its
+    rationales come from: the shipped sets carry the paper's PaLM-540B rationales, other data its own column."""
+    from hf_salt.model_card import write_model_card
+
+    shipped = script.dataset.lower() in SHIPPED_DATASETS and not Path(script.dataset).exists()
+    source = "PaLM-540B (the paper's released rationales)" if shipped else "the data's `rationale` column"
+    return write_model_card(
+        trainer,
+        method=trainer.card_method(),
+        method_info={**trainer.method_info(), "dataset": script.dataset, "rationale_source": source},
+        model_name=Path(trainer.args.output_dir).name,
+        tags=list(trainer._tag_names),
+        model_path=str(folder),
+    )
 
 
 COMMAND = Command([StepByStepScriptArguments, StepByStepCLIConfig], run, description=__doc__)

@@ -320,6 +320,7 @@ class Engine:
         meta.unlink(missing_ok=True)  # a kill while the weights are replaced must not leave a reusable record
         trainer.save_model(str(folder))
         self.tokenizer.save_pretrained(str(folder))
+        trainer.model.config._name_or_path = str(folder)  # what clones and cards name as their source
         record = {
             "key": self.teacher_key(),
             "preset": cfg.teacher_preset,

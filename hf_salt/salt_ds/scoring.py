@@ -435,4 +435,7 @@ def score_dataset(
         parts = sorted(parts, key=lambda p: p[0])
         merged = {c: [v for _, part in parts for v in part[c]] for c in SCORE_COLUMNS}
         scores = datasets.Dataset.from_dict(merged, features=scores.features)
-    return datasets.concatenate_datasets([dataset, scores], axis=1)
+    scored = datasets.concatenate_datasets([dataset, scores], axis=1)
+    # how it was scored, for the model card (`select` carries it into `salt_ds_selection`)
+    scored.salt_ds_scoring = {"top_k": top_k, "statistic": statistic}
+    return scored

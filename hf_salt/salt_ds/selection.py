@@ -127,10 +127,12 @@ def select(
             chosen = np.random.default_rng(seed).choice(in_band, size=n, replace=False)
     pool = scored.select(np.sort(chosen))
     # recorded for the model card (SALTTrainer.create_model_card reads it from salt_ds_pool)
+    scoring = getattr(scored, "salt_ds_scoring", None) or {}  # set by score_dataset / `pretrain --salt_ds`
     pool.salt_ds_selection = {
         "pool_size": len(scored),
         "selected_size": len(pool),
-        "statistic": statistic or "as scored",
+        "top_k": scoring.get("top_k"),
+        "statistic": statistic or scoring.get("statistic") or "as scored",
         "band": f"{band[0]:g}-{band[1]:g} percentile" if band is not None else "top scores",
     }
     return pool
