@@ -5,6 +5,7 @@ Signals are sent for real, to `hf-salt` subprocesses stopped at a chosen point (
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shlex
@@ -266,3 +267,29 @@ def test_malformed_step_by_step_json_names_the_file_and_the_line(tmp_path, capsy
         load_step_by_step(whole)
     assert main(["distill-step-by-step", "--dataset", str(lines), "--output_dir", str(tmp_path / "o")]) == 2
     assert "line 3 does not parse" in capsys.readouterr().err
+
+
+def test_ctrl_c_inside_grow_save_leaves_no_temporary_folder_and_says_so(tmp_path):
+    dst = tmp_path / "grown"
+    ended = interrupt_at("grow", ["grow", "llama-tiny", str(dst)])
+    assert ended.returncode == 130, ended.stderr[-3000:]
+    assert "Traceback" not in ended.stderr, ended.stderr[-3000:]
+    assert (
+        f"hf-salt grow: interrupted. Nothing half-written is left in {dst}: rerun the command" in ended.stderr
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no grown/, no .grown.tmp-*, no lock
+
+
+def test_a_full_disk_inside_a_checkpoint_save_leaves_no_staging_folder(tmp_path, monkeypatch, capsys):
+    """The staging folder used to stay until the next save (there is none after a failed run)."""
+    from transformers import Trainer
+
+    def full(self, output_dir):
+        raise OSError(errno.ENOSPC, "No space left on device", str(Path(output_dir) / "rng_state.pth"))
+
+    monkeypatch.setattr(Trainer, "_save_rng_state", full)
+    out = tmp_path / "run"
+    assert main([*PRETRAIN, "--output_dir", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "no space left on the device while writing" in err and "rng_state.pth" in err, err
+    assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == []

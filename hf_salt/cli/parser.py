@@ -175,10 +175,11 @@ class Command:
         last = last_complete_checkpoint(path) if resumable and path is not None else None
         if last is None:
             where = f" in {path}" if path is not None else ""
-            saving = " (save checkpoints with --save_strategy steps --save_steps N to be able to resume)"
+            if not resumable:
+                return f"Nothing half-written is left{where}: rerun the command."
             return (
-                f"No complete checkpoint{where}{saving if resumable else ''}; nothing half-written is left: "
-                "rerun the command to start again."
+                f"No complete checkpoint{where} (save checkpoints with --save_strategy steps --save_steps N to be "
+                "able to resume); nothing half-written is left: rerun the command to start again."
             )
         args = list(argv)
         for i, a in enumerate(args):  # the same command, resuming from the latest complete checkpoint
