@@ -33,7 +33,6 @@ from hf_salt.checks import (
 )
 from hf_salt.cli.parser import Command
 from hf_salt.data import check_block_size, load_corpus, load_tokenizer, pack_dataset
-from hf_salt.data.corpora import describe_split
 from hf_salt.io import atomic_directory
 from hf_salt.salt.config import SALTConfig
 from hf_salt.salt.schedules import resolve_kd_steps
@@ -222,6 +221,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Pre
     check_block_size(data_args.block_size, model.config)
     corpus = load_corpus(data_args.corpus)
     pool = _salt_ds_pool(data_args, training_args, tokenizer) if data_args.salt_ds else None
+    from hf_salt.data.corpora import describe_split  # names a split's files when it is too short to pack
+
     train = pack_dataset(
         corpus["train"], tokenizer, data_args.block_size, name=describe_split(data_args.corpus, "train")
     )
