@@ -330,15 +330,23 @@ class AtomicCheckpointMixin:
         self._hf_salt_staging = str(staging)
         try:
             super()._save_checkpoint(model, trial)  # type: ignore[misc]
+        except BaseException:  # a full disk, Ctrl-C: no half-written staging folder stays behind
+            if self.args.should_save:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
         finally:
             self._hf_salt_staging = None
         accelerator.wait_for_everyone()
         if self.args.should_save:
-            (staging / name / RUN_SETTINGS).write_text(json.dumps(self.result_settings(), indent=1))
             final = run_dir / name
-            if self.state.best_model_checkpoint == str(staging / name):
-                self.state.best_model_checkpoint = str(final)  # the Trainer saw the staged copy
-                self.state.save_to_json(str(staging / name / TRAINER_STATE))
+            try:
+                (staging / name / RUN_SETTINGS).write_text(json.dumps(self.result_settings(), indent=1))
+                if self.state.best_model_checkpoint == str(staging / name):
+                    self.state.best_model_checkpoint = str(final)  # the Trainer saw the staged copy
+                    self.state.save_to_json(str(staging / name / TRAINER_STATE))
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
             if final.exists():
                 shutil.rmtree(final)
             os.replace(staging / name, final)

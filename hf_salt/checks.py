@@ -88,9 +88,42 @@ def check_model_path(name_or_path: str, what: str = "the model") -> None:
             raise ValueError(
                 f"{what} {name_or_path!r} has no config.json: it is not a folder written by save_pretrained."
             )
+        check_model_folder(path, what)
         return
     if looks_like_local_path(name_or_path):
         raise FileNotFoundError(f"{what} {name_or_path!r} does not exist (no such local folder).")
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def check_model_folder(path: str | os.PathLike, what: str = "the model") -> None:
+    """Refuse a model folder whose config.json does not parse or that holds no weights file, naming the file and
+    the fix, before any work (`from_pretrained` says `OSError: ... is not a valid JSON file` or `no file named
+    model.safetensors`, after the data is loaded)."""
+    import json
+
+    path = Path(path).expanduser()
+    config = path / "config.json"
+    if config.is_file():
+        try:
+            json.loads(config.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            where = f" ({err.reason})" if isinstance(err, UnicodeDecodeError) else ""
+            if isinstance(err, json.JSONDecodeError):
+                where = f" (line {err.lineno}, column {err.colno}: {err.msg})"
+            raise ValueError(
+                f"{what}: {str(config)!r} is not valid JSON{where}. Write the folder again with save_pretrained, "
+                "or copy config.json again if it was copied or edited by hand."
+            ) from None
+    if not any(p.suffix in _WEIGHT_SUFFIXES and p.is_file() for p in path.iterdir()):
+        present = sorted(p.name for p in path.iterdir())
+        listed = ", ".join(present[:6]) + (f" and {len(present) - 6} more" if len(present) > 6 else "")
+        raise ValueError(
+            f"{what} {str(path)!r} holds no weights (no model.safetensors or pytorch_model.bin; it holds {listed}): "
+            "it was saved without them or copied incompletely. Save the model again with "
+            "save_pretrained(folder), or copy its weights files into the folder."
+        )
 
 
 def _is_causal_class(name: str) -> bool:
@@ -358,3 +391,95 @@ def _number_types(hint: Any) -> tuple[type, ...]:
     if type(None) in args:
         out.add(type(None))
     return tuple(sorted(out, key=lambda t: t.__name__))
+
+
+# --------------------------------------------------------------------------------------------------- data files
+_OPENERS = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
+
+
+def _read_bytes(file: Path) -> bytes:
+    import importlib
+
+    opener = _OPENERS.get(file.suffix)
+    if opener is None:
+        return file.read_bytes()
+    with importlib.import_module(opener).open(file, "rb") as f:
+        return f.read()
+
+
+def _not_utf8(file: Path, data: bytes) -> str | None:
+    """Why `data` is not UTF-8 text, naming the line, the byte and the likely encoding (None when it is)."""
+    try:
+        data.decode("utf-8")
+        return None
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        byte = data[err.start]
+        if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            likely = "UTF-16 (it starts with a UTF-16 byte-order mark)"
+            fix = f"iconv -f utf-16 -t utf-8 {str(file)!r} > converted"
+        else:
+            likely = "Latin-1 (ISO-8859-1) or Windows-1252, the usual 8-bit encodings"
+            fix = f"iconv -f latin1 -t utf-8 {str(file)!r} > converted"
+        return (
+            f"{str(file)!r} is not UTF-8 text: byte 0x{byte:02x} on line {line} is not valid UTF-8; the file is "
+            f"probably {likely}. Data files must be UTF-8: convert it (e.g. `{fix}`, or in Python read it with "
+            "encoding='latin-1' and write it with encoding='utf-8') and use the converted file."
+        )
+
+
+def _bad_json(file: Path, text: str) -> str | None:
+    """The first line of a JSON / JSON Lines file that does not parse (None when the file parses)."""
+    import json
+
+    try:
+        json.loads(text)
+        return None
+    except json.JSONDecodeError as whole:
+        lines = text.splitlines()
+        first = next((i for i, line in enumerate(lines) if line.strip()), None)
+        try:  # JSON Lines: one object per line
+            json_lines = first is not None and isinstance(json.loads(lines[first]), dict) and len(lines) > 1
+        except json.JSONDecodeError:
+            json_lines = False
+        if not json_lines:
+            return (
+                f"{str(file)!r} is not valid JSON: line {whole.lineno}, column {whole.colno}: {whole.msg}. Fix that "
+                "line (a JSON file holds one list of objects, a .jsonl file one object per line)."
+            )
+        for i, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as err:
+                return (
+                    f"{str(file)!r} is not valid JSON Lines: line {i} does not parse ({err.msg}, column "
+                    f"{err.colno}): {line[:80]!r}. Fix or remove that line (one JSON object per line)."
+                )
+        return None
+
+
+@contextlib.contextmanager
+def naming_unreadable_data(files: Iterable[str | os.PathLike], what: str = "the data") -> Iterator[None]:
+    """Re-raise a failure to load data files (`datasets.load_dataset`) as a `ValueError` naming the file, the line
+    and the fix when a file is not UTF-8 or holds malformed JSON; anything else is raised as it was.
+
+    `datasets` says `UnicodeDecodeError` or `Expected object or value at position 23` without naming the file.
+    The files are only read again after a failure.
+    """
+    try:
+        yield
+    except Exception as err:
+        for file in map(Path, files):
+            try:
+                data = _read_bytes(file)
+            except OSError:
+                continue
+            problem = _not_utf8(file, data)
+            kinds = [s for s in file.suffixes if s not in _OPENERS]
+            if problem is None and kinds and kinds[-1] in (".json", ".jsonl"):
+                problem = _bad_json(file, data.decode("utf-8"))
+            if problem is not None:
+                raise ValueError(f"{what}: {problem}") from err
+        raise

@@ -9,6 +9,7 @@ trained small model can be grown into the wider one with HyperCloning.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,7 +229,18 @@ def load_model(
         if causal or not getattr(config, "is_encoder_decoder", False):  # loaded as a causal LM below
             check_causal_lm(config, f"{flag} {name_or_path!r}")
         auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-        model = auto.from_pretrained(name_or_path, local_files_only=local_files_only, **kwargs)
+        try:
+            model = auto.from_pretrained(name_or_path, local_files_only=local_files_only, **kwargs)
+        except TypeError as err:  # an option neither from_pretrained, the config nor the model class takes
+            unknown = re.search(r"unexpected keyword argument '([^']+)'", str(err))
+            if not unknown or unknown.group(1) not in kwargs:
+                raise
+            raise ValueError(
+                f"{flag} {name_or_path!r}: {unknown.group(1)!r} is not an option of from_pretrained, of "
+                f"{type(config).__name__} or of the model class ({err}). Remove it from the loading options (for a "
+                "teacher: --teacher_model_init_kwargs / SALTConfig.teacher_model_init_kwargs, which take "
+                "from_pretrained options such as dtype or attn_implementation, and config fields)."
+            ) from None
     rows = model.get_input_embeddings().num_embeddings
     if vocab_size is not None and rows < vocab_size:
         raise ValueError(

@@ -67,8 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"hf-salt: unknown command {name!r}.\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    result = module.COMMAND.main(rest, prog=f"hf-salt {name}")
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+        result = module.COMMAND.main(rest, prog=f"hf-salt {name}")
+    except KeyboardInterrupt:  # Ctrl-C before the command started (imports, parsing): nothing was written
+        print(f"hf-salt {name}: interrupted before any work; nothing was written.", file=sys.stderr)
+        return 130
     return int(result or 0)
 
 

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -92,6 +93,23 @@ def parse_args(
     return tuple(o for o in outputs if not isinstance(o, argparse.Namespace))
 
 
+def last_complete_checkpoint(output: str | os.PathLike) -> Path | None:
+    """The complete checkpoint a resume of this output continues: the highest step in `output` (pretrain,
+    distill-step-by-step), else the newest one in a run below it (the demo and benchmark keep one folder per run)."""
+    from hf_salt.checkpoints import checkpoint_problem, latest_complete_checkpoint
+
+    output = Path(output)
+    if not output.is_dir():
+        return None
+    with contextlib.suppress(OSError):  # an unreadable folder: no checkpoint to name
+        last = latest_complete_checkpoint(output)
+        if last is not None:
+            return last
+        nested = [p for p in output.glob("**/checkpoint-*") if p.is_dir() and checkpoint_problem(p) is None]
+        return max(nested, key=lambda p: (p / "trainer_state.json").stat().st_mtime, default=None)
+    return None
+
+
 @dataclass
 class Command:
     """A subcommand: the dataclasses it parses and the function that runs them."""
@@ -120,6 +138,14 @@ class Command:
         try:
             with self._hold(parsed, prog):
                 return int(self.run(*parsed) or 0)
+        except KeyboardInterrupt:
+            if os.environ.get("HF_SALT_DEBUG"):
+                raise
+            print(
+                f"{prog or 'hf-salt'}: interrupted. {self.where_to_resume(parsed, argv, prog)}",
+                file=sys.stderr,
+            )
+            return 130  # 128 + SIGINT, as a shell reports a process stopped by Ctrl-C
         except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError) as err:
             if os.environ.get("HF_SALT_DEBUG"):
                 raise
@@ -138,6 +164,33 @@ class Command:
                 file=sys.stderr,
             )
             return 1
+
+    def where_to_resume(self, parsed: Sequence[Any], argv: Sequence[str], prog: str | None) -> str:
+        """After Ctrl-C: the last complete checkpoint and the command that resumes from it, or what is left.
+
+        Outputs are written whole or not at all (checkpoints, models, datasets), so nothing half-written stays.
+        """
+        resumable = any(hasattr(obj, "resume_from_checkpoint") for obj in parsed)
+        path = self.output(parsed)
+        last = last_complete_checkpoint(path) if resumable and path is not None else None
+        if last is None:
+            where = f" in {path}" if path is not None else ""
+            if not resumable:
+                return f"Nothing half-written is left{where}: rerun the command."
+            return (
+                f"No complete checkpoint{where} (save checkpoints with --save_strategy steps --save_steps N to be "
+                "able to resume); nothing half-written is left: rerun the command to start again."
+            )
+        args = list(argv)
+        for i, a in enumerate(args):  # the same command, resuming from the latest complete checkpoint
+            if a == "--resume_from_checkpoint" and i + 1 < len(args):
+                del args[i : i + 2]
+                break
+            if a.startswith("--resume_from_checkpoint="):
+                del args[i]
+                break
+        command = shlex.join([*(prog or "hf-salt").split(), *args, "--resume_from_checkpoint", "latest"])
+        return f"The last complete checkpoint is {last}; resume from it with: {command}"
 
     def _hold(self, parsed: Sequence[Any], prog: str | None) -> contextlib.AbstractContextManager:
         """Hold the output for the whole run, on the main process only (the ranks of one distributed run

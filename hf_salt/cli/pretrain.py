@@ -227,8 +227,17 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Pre
     check_block_size(data_args.block_size, model.config)
     corpus = load_corpus(data_args.corpus)
     pool = _salt_ds_pool(data_args, training_args, tokenizer) if data_args.salt_ds else None
-    train = pack_dataset(corpus["train"], tokenizer, data_args.block_size)
-    evaluation = pack_dataset(corpus["validation"], tokenizer, data_args.block_size)
+    from hf_salt.data.corpora import describe_split  # names a split's files when it is too short to pack
+
+    train = pack_dataset(
+        corpus["train"], tokenizer, data_args.block_size, name=describe_split(data_args.corpus, "train")
+    )
+    evaluation = pack_dataset(
+        corpus["validation"],
+        tokenizer,
+        data_args.block_size,
+        name=describe_split(data_args.corpus, "validation"),
+    )
     if data_args.max_train_blocks:
         train = train.select(range(min(len(train), data_args.max_train_blocks)))
     if data_args.max_eval_blocks:

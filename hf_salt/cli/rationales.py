@@ -15,9 +15,14 @@ import torch
 from datasets import load_dataset
 from transformers import AutoTokenizer
 
-from hf_salt.checks import check_writable_file
+from hf_salt.checks import check_writable_file, naming_unreadable_data
 from hf_salt.cli.parser import Command
-from hf_salt.step_by_step.rationales import DEFAULT_MARKER, DEFAULT_TEMPLATE, generate_rationales
+from hf_salt.step_by_step.rationales import (
+    DEFAULT_MARKER,
+    DEFAULT_TEMPLATE,
+    check_input_template,
+    generate_rationales,
+)
 from hf_salt.zoo import DTYPE_CHOICES, load_model, parse_dtype
 
 _BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -64,17 +69,18 @@ class RationaleArguments:
         if not Path(self.data).is_file():
             raise FileNotFoundError(f"--data {self.data!r} does not exist.")
         check_writable_file(self.output, "--output")
-        if "{input}" not in self.input_template:
-            raise ValueError(
-                f"--input_template {self.input_template!r} has no {{input}}: every row would get the same prompt."
-            )
+        check_input_template(self.input_template, "--input_template")
 
 
 def run(a: RationaleArguments) -> int:
-    rows = load_dataset(_BUILDERS[Path(a.data).suffix], data_files=a.data, split="train")
+    with naming_unreadable_data([a.data], "--data"):
+        rows = load_dataset(_BUILDERS[Path(a.data).suffix], data_files=a.data, split="train")
     if a.max_rows:
         rows = rows.select(range(min(a.max_rows, len(rows))))
-    prompt = Path(a.prompt_file).read_text() if a.prompt_file else ""
+    prompt = ""
+    if a.prompt_file:
+        with naming_unreadable_data([a.prompt_file], "--prompt_file"):
+            prompt = Path(a.prompt_file).read_text(encoding="utf-8")
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = parse_dtype(a.dtype, "--dtype")
     tokenizer = AutoTokenizer.from_pretrained(a.model, local_files_only=True)

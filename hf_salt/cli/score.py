@@ -91,13 +91,15 @@ SCORED_WITH = "hf_salt_tokenizer.json"  # in a scored dataset's folder: which to
 def run(args: ScoreArguments) -> int:
     from accelerate import PartialState
 
-    from hf_salt.checks import tokenizer_fingerprint
+    from hf_salt.checks import check_finite, check_model_path, tokenizer_fingerprint
     from hf_salt.data import check_block_size, load_corpus, load_tokenizer, pack_dataset
+    from hf_salt.data.corpora import describe_split
     from hf_salt.io import atomic_directory
     from hf_salt.salt_ds import score_dataset
     from hf_salt.zoo import load_model
 
     teacher_path = args.teacher_model_name_or_path
+    check_model_path(teacher_path, "--teacher_model_name_or_path")  # before its tokenizer files are read
     tokenizer_path = args.tokenizer
     if tokenizer_path is None and Path(teacher_path, "tokenizer.json").is_file():
         tokenizer_path = teacher_path
@@ -110,11 +112,15 @@ def run(args: ScoreArguments) -> int:
         flag="--teacher_model_name_or_path",
         causal=True,
     )
+    check_finite(teacher, f"--teacher_model_name_or_path {teacher_path!r}")  # NaN scores rank nothing
     check_block_size(args.block_size, teacher.config)
     corpus = load_corpus(args.corpus)
     if args.split not in corpus:
         raise ValueError(f"--split {args.split!r} is not in the corpus (splits: {', '.join(corpus)}).")
-    blocks = pack_dataset(corpus[args.split], tokenizer, args.block_size, text_column=args.text_column)
+    name = describe_split(args.corpus, args.split)
+    blocks = pack_dataset(
+        corpus[args.split], tokenizer, args.block_size, text_column=args.text_column, name=name
+    )
     if args.max_blocks:
         blocks = blocks.select(range(min(len(blocks), args.max_blocks)))
     state = PartialState()

@@ -92,7 +92,11 @@ def load_corpus(
         ds = load_from_disk(str(disk))
         ds = ds if isinstance(ds, DatasetDict) else DatasetDict({"train": ds})
     else:
-        ds = load_dataset(builder, data_files=data_files, streaming=streaming)
+        from hf_salt.checks import naming_unreadable_data
+
+        files = [f for split_files in (data_files or {}).values() for f in split_files]
+        with naming_unreadable_data(files, f"Corpus {str(name_or_path)!r}"):
+            ds = load_dataset(builder, data_files=data_files, streaming=streaming)
     for split in ds:
         cols = ds[split].column_names
         if cols is not None and text_column not in cols:
@@ -120,3 +124,18 @@ def load_corpus(
             }
         )
     return ds
+
+
+def describe_split(name_or_path: str | Path, split: str) -> str:
+    """Which files a split of `load_corpus(name_or_path)` comes from, for messages that must name them."""
+    try:
+        _, data_files, disk = _data_files(name_or_path)
+    except (OSError, ValueError):
+        return f"the {split} split of {str(name_or_path)!r}"
+    if disk is not None:
+        return f"the {split} split of the saved dataset {str(disk)!r}"
+    files = (data_files or {}).get(split)
+    if files:
+        return f"the {split} split ({', '.join(map(repr, files))})"
+    train = ", ".join(map(repr, (data_files or {}).get("train", [])))
+    return f"the {split} split (carved from the end of the train file(s) {train})"

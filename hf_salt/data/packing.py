@@ -49,12 +49,14 @@ def pack_dataset(
     text_column: str = "text",
     batch_size: int = 2000,
     num_proc: int | None = None,
+    name: str | None = None,
 ) -> Dataset | IterableDataset:
     """Return a dataset of `input_ids`/`attention_mask`/`labels` blocks of exactly `block_size` tokens.
 
     Runs as a batched, cached `datasets.map` (re-running on the same data and tokenizer costs nothing). The
     tail of each map batch that doesn't fill a block is dropped (at most `block_size - 1` tokens per
-    `batch_size` documents). Works on `Dataset` and streaming `IterableDataset`.
+    `batch_size` documents). Works on `Dataset` and streaming `IterableDataset`. `name` (e.g. the split and its
+    files) names the text in the error raised when it is too short for one block.
     """
     if block_size < 2:
         raise ValueError(f"block_size must be at least 2, got {block_size}.")
@@ -76,8 +78,9 @@ def pack_dataset(
         kwargs.update(num_proc=num_proc, desc=f"Packing into {block_size}-token blocks")
     packed = dataset.map(_pack_batch, **kwargs)
     if isinstance(packed, Dataset) and len(packed) == 0:
+        what = name or "the text"
         raise ValueError(
-            f"Packing produced no full block of {block_size} tokens: the text is too short. "
-            "Use a smaller block_size or more text."
+            f"Packing {what} produced no full block of {block_size} tokens: it is too short. "
+            f"Use a smaller block_size or add text to {what}."
         )
     return packed

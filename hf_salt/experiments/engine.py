@@ -193,6 +193,7 @@ class Engine:
     # ---------------------------------------------------------------- data
     def load_data(self) -> None:
         from hf_salt.data import check_block_size, load_corpus, load_tokenizer, pack_dataset
+        from hf_salt.data.corpora import describe_split
         from hf_salt.zoo import build_config
 
         cfg = self.cfg
@@ -200,10 +201,17 @@ class Engine:
             check_block_size(cfg.block_size, build_config(preset))
         self.tokenizer = load_tokenizer(cfg.tokenizer)
         corpus = load_corpus(cfg.corpus)
-        self.train = pack_dataset(corpus["train"], self.tokenizer, cfg.block_size)
+        self.train = pack_dataset(
+            corpus["train"], self.tokenizer, cfg.block_size, name=describe_split(cfg.corpus, "train")
+        )
         if cfg.max_train_blocks and len(self.train) > cfg.max_train_blocks:
             self.train = self.train.select(range(cfg.max_train_blocks))
-        validation = pack_dataset(corpus["validation"], self.tokenizer, cfg.block_size)
+        validation = pack_dataset(
+            corpus["validation"],
+            self.tokenizer,
+            cfg.block_size,
+            name=describe_split(cfg.corpus, "validation"),
+        )
         self.validation = validation.select(even_rows(len(validation), cfg.eval_blocks))
 
     def order(self, seed: int, steps: int) -> Any:

@@ -373,8 +373,11 @@ def load_source(src: str | os.PathLike, **from_pretrained_kwargs: Any) -> PreTra
     """``AutoModelForCausalLM.from_pretrained`` that says "no such folder" for a missing local path."""
     check_source_folder(src)
     from_pretrained_kwargs.setdefault("dtype", "auto")
+    from hf_salt.checks import naming_corrupt_files
+
     try:
-        return AutoModelForCausalLM.from_pretrained(src, **from_pretrained_kwargs)
+        with naming_corrupt_files(src, "the source model"):  # a damaged safetensors file, named
+            return AutoModelForCausalLM.from_pretrained(src, **from_pretrained_kwargs)
     except OSError as err:
         if not os.path.exists(os.path.expanduser(os.fspath(src))):
             raise FileNotFoundError(

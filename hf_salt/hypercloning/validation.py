@@ -90,6 +90,10 @@ def check_source_folder(src: str | os.PathLike) -> None:
         )
     if path.exists() and not path.is_dir():
         raise ValueError(f"{os.fspath(src)!r} is a file, not a model folder.")
+    if path.is_dir():
+        from hf_salt.checks import check_model_path
+
+        check_model_path(os.fspath(src), "the source model")  # config.json that parses, a weights file
 
 
 def check_output_folder(dst: str | os.PathLike, overwrite: bool) -> Path:

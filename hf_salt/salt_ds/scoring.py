@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hf_salt.checks import check_finite
 from hf_salt.salt.divergences import logit_transform, transform_logits
 from hf_salt.salt.output_path import logits_match
 
@@ -370,6 +371,9 @@ def score_dataset(
         raise ValueError("The dataset is empty: nothing to score.")
     check_token_ids(dataset, vocab)
     check_lengths(dataset, teacher)
+    check_finite(
+        teacher, "the scoring teacher"
+    )  # NaN weights give NaN scores, which select nothing meaningful
     dev = torch.device(device) if device is not None else _default_device(teacher)
     if chunk_size is None:  # CPU: a chunk that stays near the caches; GPU: large enough to fill the device
         chunk_size = max(64, (2**22 if dev.type == "cpu" else 2**26) // vocab)

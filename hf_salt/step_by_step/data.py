@@ -28,6 +28,8 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
+from hf_salt.checks import naming_unreadable_data
+
 logger = logging.getLogger(__name__)
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "step_by_step"
@@ -129,7 +131,8 @@ def _read_text(path: Path) -> str:
 
 
 def _read_json_lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in _read_text(path).splitlines() if line.strip()]
+    with naming_unreadable_data([path], "the step-by-step data"):  # names the file and the line that fails
+        return [json.loads(line) for line in _read_text(path).splitlines() if line.strip()]
 
 
 def _llm_chunks(folder: Path, split: str) -> list[Path]:
@@ -157,7 +160,8 @@ def _load_official_split(folder: Path, name: str, split: str, nli_separator: str
     rows = [fmt.make_row(r, nli_separator) for r in _read_json_lines(split_file)]
     outputs: list[str] = []
     for path in chunks:
-        chunk = json.loads(_read_text(path))
+        with naming_unreadable_data([path], "the step-by-step LLM outputs"):
+            chunk = json.loads(_read_text(path))
         if not isinstance(chunk, list):
             raise ValueError(f"{path}: expected a JSON array of LLM continuations.")
         outputs.extend(chunk)
@@ -308,7 +312,8 @@ def _load_user_files(files: dict[str, Path], valid_fraction: float, seed: int) -
     out = {}
     for split, file in files.items():
         builder = _USER_EXTENSIONS[file.suffix]
-        raw = load_dataset(builder, data_files=str(file), split="train")
+        with naming_unreadable_data([file], "the step-by-step data"):
+            raw = load_dataset(builder, data_files=str(file), split="train")
         out[alias.get(split, split)] = _normalise_user(raw, str(file))
     return _split_valid(DatasetDict(out), valid_fraction, seed)
 

@@ -28,6 +28,29 @@ from hf_salt.step_by_step.data import PARSERS
 logger = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "Q: {input}\nA:"
+
+
+def check_input_template(template: str, what: str = "input_template") -> None:
+    """Refuse a template that `str.format(input=...)` cannot fill, naming the placeholder or the brace, before
+    the LLM is loaded (it used to fail at the first batch with `KeyError: 'question'` or `IndexError`)."""
+    import string
+
+    fix = "Only {input} is filled in (each row's input); write a literal brace as {{ or }}."
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as err:  # a single { or }
+        raise ValueError(f"{what} {template!r} has a stray brace ({err}). {fix}") from None
+    other = sorted({name for name in fields if name != "input"})
+    if other:
+        shown = ", ".join("{" + name + "}" for name in other)
+        raise ValueError(f"{what} {template!r} has placeholder(s) {shown} that nothing fills. {fix}")
+    if "input" not in fields:
+        raise ValueError(
+            f"{what} {template!r} has no {{input}}: every row would get the same prompt. Put "
+            "{input} where each row's input goes, e.g. 'Q: {input}\\nA:'."
+        )
+
+
 DEFAULT_MARKER = "So the answer is"
 DEFAULT_STOPS = ("\nQ:", "\n\n")
 
@@ -141,11 +164,7 @@ def generate_rationales(
     """
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError("batch_size and max_new_tokens must be positive.")
-    if "{input}" not in input_template:
-        raise ValueError(
-            f"input_template {input_template!r} has no {{input}}: every row would get the same prompt. Put "
-            "{input} where each row's input goes, e.g. 'Q: {input}\\nA:'."
-        )
+    check_input_template(input_template)
     if getattr(model.config, "is_encoder_decoder", False):
         raise ValueError("generate_rationales expects a decoder-only causal LM as the LLM.")
     if isinstance(parser, str):
