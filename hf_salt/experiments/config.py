@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hf_salt.experiments.arms import resolve_arms
-from hf_salt.salt.config import SALTConfig, int_or_fraction
-from hf_salt.salt.schedules import check_kd_steps, resolve_kd_steps
+from hf_salt.salt.config import SALTConfig
+from hf_salt.salt.schedules import check_kd_steps, int_or_fraction, resolve_kd_steps
 
 
 def salt_default(name: str) -> Any:

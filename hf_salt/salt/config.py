@@ -14,7 +14,7 @@ from hf_salt.checks import check_field_types
 from hf_salt.config_docs import document_fields
 from hf_salt.data.sft import SFTDataArguments
 from hf_salt.salt.losses import BACKENDS, DIVERGENCES
-from hf_salt.salt.schedules import SCHEDULES, check_kd_steps, get_schedule
+from hf_salt.salt.schedules import SCHEDULES, check_kd_steps, get_schedule, int_or_fraction
 
 TEACHER_OFFLOAD = ("keep", "cpu", "free")
 TEACHER_SHARDING = ("replicate", "shard")
@@ -289,17 +289,6 @@ class SALTConfig(SFTDataArguments, TrainingArguments):
         if isinstance(self.kd_steps, int) and isinstance(value, int) and value > self.kd_steps:
             raise ValueError(f"{name} ({value}) must be <= kd_steps ({self.kd_steps}){fix}.")
         setattr(self, name, value)
-
-
-def int_or_fraction(value: float, name: str, of: str, allow_zero: bool = False) -> int | float:
-    """Integral values become step counts; others must be fractions in (0, 1) (or [0, 1) with allow_zero)."""
-    value = float(value)
-    if value.is_integer():
-        return int(value)
-    low_ok = value >= 0.0 if allow_zero else value > 0.0
-    if not (low_ok and value < 1.0):
-        raise ValueError(f"{name}={value} is neither an integer step count nor a fraction {of} in (0, 1).")
-    return value
 
 
 # fields of the bases (TrainingArguments, SFT data options): not SALT settings

@@ -79,19 +79,33 @@ def get_schedule(name: str) -> KDSchedule:
         ) from None
 
 
+def int_or_fraction(value: float, name: str, of: str, allow_zero: bool = False) -> int | float:
+    """Integral values become step counts; others must be fractions in (0, 1) (or [0, 1) with allow_zero)."""
+    value = float(value)
+    if value.is_integer():
+        return int(value)
+    low_ok = value >= 0.0 if allow_zero else value > 0.0
+    if not (low_ok and value < 1.0):
+        raise ValueError(f"{name}={value} is neither an integer step count nor a fraction {of} in (0, 1).")
+    return value
+
+
+def steps_of(value: int | float, total: int, name: str, of: str) -> int:
+    """The one reading of "a step count, or a fraction of ``total``": integral values are steps (>= 0), others a
+    fraction in [0, 1) of ``total``, rounded to steps."""
+    value = int_or_fraction(value, name, of, allow_zero=True)
+    if isinstance(value, float):
+        if total <= 0:
+            raise ValueError(f"{name} is a fraction {of}, but that is unknown here; pass a step count.")
+        return int(round(value * total))
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}.")
+    return value
+
+
 def resolve_kd_steps(kd_steps: int | float, max_steps: int) -> int:
-    """``kd_steps`` is a step count (int >= 0) or a fraction of ``max_steps`` (float in (0, 1))."""
-    if isinstance(kd_steps, float) and not kd_steps.is_integer():
-        if not 0.0 < kd_steps < 1.0:
-            raise ValueError(f"kd_steps as a fraction must be in (0, 1), got {kd_steps}.")
-        if max_steps <= 0:
-            raise ValueError(
-                "kd_steps is a fraction of max_steps, but max_steps is unknown; pass an int kd_steps."
-            )
-        return int(round(kd_steps * max_steps))
-    if kd_steps < 0:
-        raise ValueError(f"kd_steps must be >= 0, got {kd_steps}.")
-    return int(kd_steps)
+    """n_KD in steps: ``kd_steps`` is a step count or a fraction of ``max_steps``."""
+    return steps_of(kd_steps, max_steps, "kd_steps", "of max_steps")
 
 
 def check_kd_steps(kd_steps: int | float, max_steps: int, n: int | None = None) -> None:
@@ -99,7 +113,7 @@ def check_kd_steps(kd_steps: int | float, max_steps: int, n: int | None = None) 
     ``max_steps``: KD on more steps than the run has (the teacher never switches off: that is RKD, not SALT),
     and a fraction that rounds to 0 steps."""
     if n is None:
-        n = int(round(kd_steps * max_steps)) if isinstance(kd_steps, float) else int(kd_steps)
+        n = resolve_kd_steps(kd_steps, max_steps)
     if n > max_steps:
         raise ValueError(
             f"kd_steps={kd_steps} is more than the run's {max_steps} steps, so KD would never stop; use "
@@ -113,13 +127,11 @@ def check_kd_steps(kd_steps: int | float, max_steps: int, n: int | None = None) 
 
 
 def resolve_decay_start(decay_start: int | float | None, kd_steps: int) -> int:
-    """``kd_decay_start``: None = 0 (decay over the whole KD stage), an int step, or a fraction in [0, 1) of n_KD."""
+    """``kd_decay_start``: None = 0 (decay over the whole KD stage), a step, or a fraction in [0, 1) of n_KD."""
     if decay_start is None:
         return 0
-    if isinstance(decay_start, float) and 0.0 <= decay_start < 1.0:
-        return int(round(decay_start * kd_steps))
-    start = int(decay_start)
-    if start < 0 or start > kd_steps:
+    start = steps_of(decay_start, kd_steps, "kd_decay_start", "of kd_steps")
+    if start > kd_steps:
         raise ValueError(f"kd_decay_start must be in [0, kd_steps={kd_steps}], got {decay_start}.")
     return start
 
