@@ -151,8 +151,11 @@ def test_cli_distill_step_by_step_card_and_offline_push(tmp_path, capsys) -> Non
 def test_card_of_a_model_grown_from_a_local_folder(tmp_path, monkeypatch) -> None:
     from hf_salt import hypercloning as hc
 
-    monkeypatch.chdir(tmp_path)  # "models/small" reads like a Hub id, and so does the clone's name
+    # "models/small" is a relative LOCAL folder that reads like a Hub id (so does the clone's name): the card
+    # must not present it as one. It exists before the load, and the tests run offline: nothing is downloaded.
+    monkeypatch.chdir(tmp_path)
     build_model("llama-tiny", vocab_size=128, seed=0).save_pretrained("models/small")
+    assert (tmp_path / "models" / "small" / "config.json").is_file()
     grown = hc.from_pretrained("models/small", width_multiplier=2)  # no noise: an exact copy
     assert grown.config._name_or_path == "models/small-hypercloned-2x"
     args = TrainingArguments(

@@ -24,10 +24,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from hf_salt.salt.losses import IGNORE_INDEX, shift_targets
+from hf_salt.salt.losses import kd_loss_from_logits
 
 PROBE_TOKENS = 16
 
@@ -87,14 +86,6 @@ def relative_logit_error(ours: torch.Tensor, own: torch.Tensor) -> float:
 def logits_match(ours: torch.Tensor, own: torch.Tensor) -> bool:
     """Does ``ours`` reproduce the model's ``own`` logits, within the precision of their dtype?"""
     return relative_logit_error(ours, own) <= _tolerance(own.dtype)
-
-
-def shifted_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of ``logits`` for unshifted ``labels`` (the HF causal-LM convention)."""
-    targets = shift_targets(labels)
-    return F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
-    )
 
 
 @contextlib.contextmanager
@@ -162,7 +153,7 @@ def probe_output_path(
         )
     tol = _tolerance(own_logits.dtype)
     loss_tol = _loss_tolerance(own_logits.dtype)
-    ce = shifted_ce(own_logits, labels)
+    ce = kd_loss_from_logits(own_logits, None, labels).loss  # the next-token CE, SALT's own reference
     extra = float(own_loss.float() - ce)
     aux = getattr(out, "aux_loss", None)
     scale = 1.0 + abs(float(own_loss))
