@@ -289,12 +289,8 @@ class SALTTrainer(TrainerBase, Trainer):
 
     def _check_vocab(self) -> int | None:
         """Return the row count to use when cutting padded vocabularies, None when sizes agree."""
-        student = _causal_lm(self.accelerator.unwrap_model(self.model))
-        # a ZeRO-3 partitioned weight has shape (0,); its full shape is ds_shape
-        w_s = student.get_output_embeddings().weight
-        w_t = self._teacher_module.get_output_embeddings().weight
-        n_s = getattr(w_s, "ds_shape", w_s.shape)[0]
-        n_t = getattr(w_t, "ds_shape", w_t.shape)[0]
+        n_s = _head_rows(_causal_lm(self.accelerator.unwrap_model(self.model)))
+        n_t = _head_rows(self._teacher_module)
         if n_s == n_t:
             return None
         tok = self.processing_class
@@ -525,7 +521,7 @@ class SALTTrainer(TrainerBase, Trainer):
         inner = self.accelerator.unwrap_model(model)
         lm = _causal_lm(inner)
         rows = [_head_rows(lm)]
-        teacher = self._teacher_module if self.teacher_model is not None else None
+        teacher = self._teacher_module
         if teacher is not None:
             rows.append(_head_rows(teacher))
         vocab = min([*rows, int(getattr(lm.config, "vocab_size", None) or rows[0])])
@@ -667,7 +663,7 @@ class SALTTrainer(TrainerBase, Trainer):
         if ids is None or ids.numel() == 0:
             return
         rows = {"the student": _head_rows(_causal_lm(self.accelerator.unwrap_model(self.model)))}
-        if self.teacher_model is not None:
+        if self._teacher_module is not None:
             rows["the teacher"] = _head_rows(self._teacher_module)
         largest, smallest = int(ids.max()), int(ids.min())
         for what, n in rows.items():
