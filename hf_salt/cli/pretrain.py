@@ -34,6 +34,7 @@ from hf_salt.checks import (
 from hf_salt.cli.parser import Command
 from hf_salt.data import check_block_size, load_corpus, load_tokenizer, pack_dataset
 from hf_salt.hub import push_cli_output, take_push_request
+from hf_salt.hypercloning.optim import with_grown_lr
 from hf_salt.io import atomic_directory
 from hf_salt.salt.config import SALTConfig
 from hf_salt.salt.schedules import resolve_kd_steps
@@ -266,7 +267,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Pre
 
         trainer: Trainer = SALTTrainer(**kwargs, salt_ds_pool=pool)
     else:
-        trainer = AtomicCheckpointTrainer(**kwargs)
+        trainer = with_grown_lr(AtomicCheckpointTrainer)(**kwargs)  # a grown student: its LR scales
     # what decides the result besides the training arguments: checked against the checkpoint on resume
     trainer.run_settings = {**asdict(model_args), **asdict(data_args)}
     trainer.run_settings.pop("max_eval_blocks")

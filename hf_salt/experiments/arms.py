@@ -26,7 +26,9 @@ from hf_salt.salt.schedules import resolve_kd_steps
 # the config fields a run's result depends on beyond the shared ones, by arm family (see Arm.depends_on)
 KD_FIELDS = ("kd_weight", "kd_temperature", "kd_steps", "kd_decay_start")
 AUTO_FIELDS = ("kd_weight", "kd_temperature", "kd_auto_cap", "kd_auto_margin", "kd_auto_decay")
-HYPERCLONING_FIELDS = ("hypercloning_snr_db", "hc_learning_rate", "hc_warmup_steps")
+HYPERCLONING_FIELDS = ("hypercloning_snr_db", "hc_learning_rate", "hc_warmup_steps", "hc_lr_scale")
+# the clone's optimizer schedule without the growth: what the no-growth control depends on
+CONTINUE_FIELDS = ("hc_learning_rate", "hc_warmup_steps")
 
 
 @dataclass
@@ -35,7 +37,7 @@ class ArmSetup:
 
     ``salt``: SALTConfig fields (the run uses SALTTrainer with the trained teacher) or None (plain
     ``transformers.Trainer``). ``offline_teacher_s``: teacher work done before training (SALT_DS scoring), charged
-    to the arm's wall-clock.
+    to the arm's wall-clock. ``step_kind``: which model's step cost prices the run's plain steps.
     """
 
     model: Any
@@ -43,6 +45,7 @@ class ArmSetup:
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
     offline_teacher_s: float = 0.0
     trainer_cls: type | None = None  # None: SALTTrainer when ``salt`` is set, else transformers.Trainer
+    step_kind: str = "student"  # whose step cost the run's plain steps have: "student" or "teacher"
 
 
 @dataclass
@@ -261,6 +264,18 @@ def _salt_ds(ctx: ArmContext) -> ArmSetup:
 )
 def _hypercloning(ctx: ArmContext) -> ArmSetup:
     return ArmSetup(ctx.clone_teacher())
+
+
+@register_arm(
+    "teacher-continue",
+    grown=True,
+    depends_on=CONTINUE_FIELDS,
+    description="the no-growth control: the teacher itself trained on, with the clone's schedule and data",
+)
+def _teacher_continue(ctx: ArmContext) -> ArmSetup:
+    import copy
+
+    return ArmSetup(copy.deepcopy(ctx.teacher).train().requires_grad_(True), step_kind="teacher")
 
 
 @register_arm(

@@ -26,8 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hf_salt.experiments.arms import ARMS
 from hf_salt.experiments.config import SharedSettings, like
-from hf_salt.experiments.engine import Engine
+from hf_salt.experiments.engine import Engine, digest
 from hf_salt.experiments.metrics import (
     SALT_WALL_TARGET,
     aggregate,
@@ -37,7 +38,7 @@ from hf_salt.experiments.metrics import (
 )
 from hf_salt.experiments.report import command_line, hardware, now, write_report
 from hf_salt.experiments.resume import check_resume
-from hf_salt.io import held_here, hold_output
+from hf_salt.io import held_here, hold_output, write_text_atomic
 from hf_salt.salt.schedules import check_kd_steps
 
 
@@ -78,6 +79,20 @@ class BenchmarkConfig(SharedSettings):
         default=False,
         metadata={
             "help": "Train one teacher per seed (its seed = the student's) instead of one for all seeds."
+        },
+    )
+    target_evals: int = field(
+        default=3,
+        metadata={
+            "help": "The target quality is the mean of the baseline's last this many validation losses (one "
+            "evaluation carries its own noise)."
+        },
+    )
+    step_cost_rounds: int = field(
+        default=5,
+        metadata={
+            "help": "Interleaved rounds that price a student, KD and teacher step for the wall-clock columns "
+            "(benchmark step costs; 0 = use each run's own timed steps instead)."
         },
     )
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch's default)."})
@@ -140,6 +155,10 @@ class BenchmarkConfig(SharedSettings):
             raise ValueError(
                 f"corpus_fraction must be in [0, 1] (0 = use max_steps), got {self.corpus_fraction}."
             )
+        if self.target_evals < 1:
+            raise ValueError(f"target_evals must be >= 1 (evaluations averaged), got {self.target_evals}.")
+        if self.step_cost_rounds < 0:
+            raise ValueError(f"step_cost_rounds must be >= 0, got {self.step_cost_rounds}.")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}.")
 
@@ -156,7 +175,7 @@ class Benchmark(Engine):
 
     execution_fields = (
         "seeds", "arms", "num_threads", "workers", "disable_tqdm", "output_dir", "resume", "report_only", "label",
-        "report", "report_dir", "results_md", "salt_wall_target",
+        "report", "report_dir", "results_md", "salt_wall_target", "target_evals", "step_cost_rounds",
     )  # fmt: skip
 
     def __init__(self, cfg: BenchmarkConfig, command: str | None = None, **hooks: Any) -> None:
@@ -233,11 +252,14 @@ class Benchmark(Engine):
                 else:
                     results["runs"].setdefault(str(seed), {})[arm] = record
                 continue
-            if tseed not in teachers:
-                teachers.clear()  # one teacher in memory at a time
-                teachers[tseed] = self.teacher(tseed)
-                results["teachers"][str(tseed)] = teachers[tseed][1]
-            teacher, trecord = teachers[tseed]
+            if not ARMS[arm].uses_teacher:  # the baseline: no teacher trained or loaded for it
+                teacher, trecord = None, {"seed": None, "path": None}
+            else:
+                if tseed not in teachers:
+                    teachers.clear()  # one teacher in memory at a time
+                    teachers[tseed] = self.teacher(tseed)
+                    results["teachers"][str(tseed)] = teachers[tseed][1]
+                teacher, trecord = teachers[tseed]
             path = self._run_path(seed, arm)
             record = self._saved_run(seed, arm, tseed) if cfg.resume else None
             if record is None:
@@ -249,6 +271,7 @@ class Benchmark(Engine):
                 print(f"[benchmark] seed {seed}: {arm} (reused {path})")
             results["runs"].setdefault(str(seed), {})[arm] = record
         results["finished"] = now()
+        results["step_costs"] = self.step_costs() if cfg.report else None
         if cfg.report_only:  # when the saved runs were made, not when this report was written
             stamps = [
                 self._run_path(int(sd), arm).stat().st_mtime
@@ -264,6 +287,37 @@ class Benchmark(Engine):
             (self.out / "results.json").write_text(json.dumps(results, indent=1))
         return results
 
+    def step_costs(self) -> dict[str, Any] | None:
+        """Seconds per student / KD / teacher step from one interleaved measurement (saved in
+        ``step_costs.json`` and reused while the models and batch shape are the same); None when
+        ``step_cost_rounds`` is 0 or, for ``report_only``, when none was saved."""
+        from hf_salt.experiments.step_costs import measure_step_costs
+
+        cfg = self.cfg
+        if not cfg.step_cost_rounds:
+            return None
+        shape = dict(
+            teacher_preset=cfg.teacher_preset,
+            student_preset=cfg.student_preset,
+            vocab_size=len(self.tokenizer),
+            block_size=cfg.block_size,
+            batch_size=cfg.global_batch_size,
+        )
+        key = digest({**shape, "rounds": cfg.step_cost_rounds, "threads": cfg.num_threads})
+        path = self.out / "step_costs.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if saved.get("key") == key:
+                return saved
+        if cfg.report_only:
+            return None
+        print(
+            f"[benchmark] pricing a student, KD and teacher step ({cfg.step_cost_rounds} interleaved rounds)"
+        )
+        costs = {**measure_step_costs(**shape, rounds=cfg.step_cost_rounds), "key": key, "measured": now()}
+        write_text_atomic(path, json.dumps(costs, indent=1))
+        return costs
+
     def _run_path(self, seed: int, arm: str) -> Path:
         return self.out / "runs" / f"seed{seed}" / f"{arm.replace('+', '_plus_')}.json"
 
@@ -273,7 +327,9 @@ class Benchmark(Engine):
         if not path.exists():
             return None
         record = json.loads(path.read_text())
-        if record.get("key") != self.run_key(arm) or record.get("teacher_seed") != tseed:
+        if record.get("key") != self.run_key(arm):
+            return None
+        if ARMS[arm].uses_teacher and record.get("teacher_seed") != tseed:
             return None
         return record
 
@@ -281,8 +337,9 @@ class Benchmark(Engine):
         """Train the teacher(s) here, then the seeds in ``workers`` parallel processes; they save every run as
         JSON, which :meth:`run` then picks up (resume)."""
         cfg = self.cfg
-        for tseed in sorted({teacher_seed_for(cfg, s) for s in cfg.seeds}):
-            self.teacher(tseed)
+        if any(ARMS[arm].uses_teacher for arm in cfg.arms):  # trained once here, not by every worker
+            for tseed in sorted({teacher_seed_for(cfg, s) for s in cfg.seeds}):
+                self.teacher(tseed)
         config_path = self.out / "worker-config.json"
         worker_cfg = asdict(cfg)
         if (
@@ -326,7 +383,7 @@ def run(cfg: BenchmarkConfig) -> int:
     rows = aggregate(results)
     print()
     teachers = list(results["teachers"].values())
-    print(markdown_table(rows, teachers[0] if len(teachers) == 1 else None))
+    print(markdown_table(rows, teachers[0] if len(teachers) == 1 else None, results.get("step_costs")))
     print()
     for target, measured, met in check_targets(rows, cfg.salt_wall_target):
         print(f"- {target}: {measured} -> {'not run' if met is None else 'met' if met else 'MISSED'}")

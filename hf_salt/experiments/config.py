@@ -136,6 +136,14 @@ class SharedSettings:
     hc_warmup_steps: int | None = field(
         default=None, metadata={"help": "LR re-warm-up steps of the HyperCloning arms (None = warmup_steps)."}
     )
+    hc_lr_scale: bool = field(
+        default=True,
+        metadata={
+            "help": "Train a clone's grown matrices at the learning rate times the scale the clone records "
+            "(1/n where entries were divided by n; hf_salt.hypercloning.optim), so their relative step is the "
+            "source's. False = one learning rate for every tensor."
+        },
+    )
     # execution
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPU)."})
     use_cpu: bool = field(default=False, metadata={"help": "Force CPU even when a GPU is present."})

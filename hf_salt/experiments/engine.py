@@ -31,6 +31,7 @@ from hf_salt.checkpoints import AtomicCheckpointTrainer
 from hf_salt.experiments.arms import ARMS, ArmContext
 from hf_salt.experiments.config import ExperimentConfig
 from hf_salt.experiments.resume import checkpoint_for, remove_checkpoints
+from hf_salt.hypercloning.optim import with_grown_lr
 from hf_salt.io import atomic_directory, write_text_atomic
 
 
@@ -163,6 +164,12 @@ TEACHER_FIELDS = (
 )  # fmt: skip
 
 
+# fields that only the teacher's training reads: not part of the key of an arm without a teacher
+TEACHER_ONLY_FIELDS = (
+    "teacher_preset", "teacher_steps", "teacher_learning_rate", "teacher_seed", "teacher_per_seed",
+)  # fmt: skip
+
+
 # fields that say how a run is checkpointed and resumed: they never change its result
 RESUME_FIELDS = ("save_steps", "resume_from_checkpoint")
 
@@ -235,6 +242,8 @@ class Engine:
         from hf_salt.experiments.arms import AUTO_FIELDS, HYPERCLONING_FIELDS, KD_FIELDS
 
         optional = set(KD_FIELDS) | set(AUTO_FIELDS) | set(HYPERCLONING_FIELDS) | {"salt_ds_pool"}
+        if not ARMS[arm].uses_teacher:  # a baseline is the same run whatever teacher the others get
+            optional |= set(TEACHER_ONLY_FIELDS)
         skip = (set(self.execution_fields) | set(RESUME_FIELDS) | optional) - set(ARMS[arm].depends_on)
         return {k: v for k, v in asdict(self.cfg).items() if k not in skip}
 
@@ -364,9 +373,15 @@ class Engine:
         setup = spec.build(ArmContext(cfg, self.tokenizer, train, self.validation, teacher, seed))
         uses_salt = setup.salt is not None
         trainer_cls = setup.trainer_cls or (SALTTrainer if uses_salt else AtomicCheckpointTrainer)
+        if uses_salt:
+            fields_lr = {"hypercloning_lr_scale": cfg.hc_lr_scale}  # SALTTrainer reads it from its args
+        elif spec.grown and cfg.hc_lr_scale:
+            trainer_cls, fields_lr = with_grown_lr(trainer_cls), {}
+        else:
+            fields_lr = {}
         lr = cfg.hc_learning_rate if spec.grown and cfg.hc_learning_rate is not None else cfg.learning_rate
         warmup = cfg.hc_warmup_steps if spec.grown and cfg.hc_warmup_steps is not None else cfg.warmup_steps
-        fields = dict(setup.salt or {})
+        fields = {**fields_lr, **(setup.salt or {})}
         kwargs = dict(setup.trainer_kwargs)
         if uses_salt:  # the teacher is passed in memory; its folder goes into the model card
             fields.setdefault("teacher_model_name_or_path", teacher_record.get("path"))
@@ -397,6 +412,7 @@ class Engine:
             "warmup_steps": warmup,
             "train_time_s": recorder.seconds,
             "offline_teacher_s": setup.offline_teacher_s,
+            "step_kind": setup.step_kind,
             "curve": recorder.curve,
             "kd_weight": _schedule(trainer, cfg.max_steps) if uses_salt else {"step": [], "weight": []},
         }

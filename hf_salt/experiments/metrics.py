@@ -63,32 +63,81 @@ def spread(values: Sequence[float]) -> Spread:
     return Spread(float(arr.mean()), std, float(arr.min()), float(arr.max()), int(arr.size))
 
 
-def run_metrics(run: dict[str, Any], baseline: dict[str, Any], teacher_train_s: float) -> dict[str, Any]:
+#: points of the run (fractions of max_steps) where arms are compared at equal steps
+EQUAL_STEPS = (0.25, 0.5, 0.75, 1.0)
+
+
+def target_loss(baseline: dict[str, Any], evals: int = 1) -> float:
+    """The quality every arm is timed to: the mean of the baseline's last ``evals`` validation losses.
+
+    One evaluation carries its own noise; a mean over the last few is a steadier target while the baseline
+    still improves only slowly there.
+    """
+    losses = baseline["curve"]["loss"]
+    return float(np.mean(losses[-max(1, evals) :]))
+
+
+def loss_at(run: dict[str, Any], step: float) -> float:
+    """The run's validation loss at ``step``, interpolated between evaluations."""
+    return float(np.interp(step, run["curve"]["step"], run["curve"]["loss"]))
+
+
+def step_cost(run: dict[str, Any], steps: float, costs: dict[str, float]) -> float:
+    """Seconds of ``steps`` optimizer steps of ``run`` from the interleaved per-step costs: KD steps at the KD
+    cost (student step + teacher forward + KD loss), the others at the cost of the run's model."""
+    kd = min(steps, float(run.get("kd_steps", 0) or 0))
+    return kd * costs["kd"] + (steps - kd) * costs[run.get("step_kind", "student")]
+
+
+def run_metrics(
+    run: dict[str, Any],
+    baseline: dict[str, Any],
+    teacher_train_s: float,
+    *,
+    costs: dict[str, float] | None = None,
+    teacher_steps: int | None = None,
+    target_evals: int = 1,
+) -> dict[str, Any]:
     """Per-seed metrics of one arm against the baseline of the same seed.
 
-    - ``step_frac``: first step reaching the baseline's final loss / the baseline's steps (None: never);
-    - ``wall_frac``: the arm's step wall-clock at that point plus its offline teacher work (SALT_DS scoring)
-      / the baseline's total step wall-clock (teacher forwards of KD steps are inside the steps);
-    - ``wall_frac_with_teacher``: the same plus the teacher's own training time (arms that use a teacher).
+    The target is :func:`target_loss`; every fraction divides the arm's figure at its first crossing of the
+    target by the baseline's own at its first crossing (the baseline is 1.0 by construction).
+
+    - ``step_frac``: steps to the target / the baseline's steps to it (None: never reached);
+    - ``wall_frac``: the same in seconds plus offline teacher work (SALT_DS scoring). With ``costs`` (seconds per
+      step of each kind, from one interleaved measurement: ``student``, ``kd``, ``teacher``) the seconds are
+      steps x cost; without, the run's own timed steps (noisy on a shared machine);
+    - ``wall_frac_with_teacher``: the same plus the teacher's own training (arms that use a teacher):
+      ``teacher_steps`` x the teacher's step cost with ``costs``, else ``teacher_train_s``;
+    - ``at_steps``: the arm's loss minus the baseline's at each fraction of the run in :data:`EQUAL_STEPS`.
     """
-    target = baseline["curve"]["loss"][-1]
-    curve = run["curve"]
+    target = target_loss(baseline, target_evals)
+    curve, base_curve = run["curve"], baseline["curve"]
     step = first_crossing(curve["step"], curve["loss"], target)
-    wall = first_crossing(curve["wall"], curve["loss"], target)
-    base_steps = baseline["curve"]["step"][-1]
-    base_wall = baseline["train_time_s"]
+    # at its first evaluation already (a run that learned nothing): the whole run is the reference
+    base_step = first_crossing(base_curve["step"], base_curve["loss"], target) or base_curve["step"][-1]
     offline = run.get("offline_teacher_s", 0.0)
-    teacher = teacher_train_s if run.get("uses_teacher") else 0.0
+    if costs is not None:
+        wall = None if step is None else step_cost(run, step, costs)
+        base_wall = step_cost(baseline, base_step, costs)
+        teacher = (teacher_steps or 0) * costs["teacher"]
+    else:
+        wall = first_crossing(curve["wall"], curve["loss"], target)
+        base_wall = first_crossing(base_curve["wall"], base_curve["loss"], target) or base_curve["wall"][-1]
+        teacher = teacher_train_s
+    teacher = teacher if run.get("uses_teacher") else 0.0
+    last = base_curve["step"][-1]
     final = curve["loss"][-1]
     return {
         "target_loss": target,
         "step": step,
-        "step_frac": None if step is None else step / base_steps,
+        "step_frac": None if step is None else step / base_step,
         "wall_frac": None if wall is None else (wall + offline) / base_wall,
         "wall_frac_with_teacher": None if wall is None else (wall + offline + teacher) / base_wall,
+        "at_steps": {f: loss_at(run, f * last) - loss_at(baseline, f * last) for f in EQUAL_STEPS},
         "final_loss": final,
         "final_ppl": math.exp(final),
-        "final_minus_baseline": final - target,
+        "final_minus_baseline": final - base_curve["loss"][-1],
         "train_time_s": run["train_time_s"],
     }
 
@@ -112,8 +161,18 @@ def aggregate(results: dict[str, Any]) -> list[dict[str, Any]]:
             runs = results["runs"].get(str(seed), {})
             if arm not in runs or "baseline" not in runs:
                 continue
-            teacher_s = results["teachers"][str(teacher_seed_for(results["config"], seed))]["train_time_s"]
-            per_seed.append(run_metrics(runs[arm], runs["baseline"], teacher_s))
+            teacher = results["teachers"].get(str(teacher_seed_for(results["config"], seed)), {})
+            teacher_s = teacher.get("train_time_s", 0.0)
+            per_seed.append(
+                run_metrics(
+                    runs[arm],
+                    runs["baseline"],
+                    teacher_s,
+                    costs=results.get("step_costs"),
+                    teacher_steps=results["config"].get("teacher_steps"),
+                    target_evals=results["config"].get("target_evals", 1),
+                )
+            )
         if not per_seed:
             continue
         rows.append(
@@ -127,22 +186,37 @@ def aggregate(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "final_loss": spread([m["final_loss"] for m in per_seed]),
                 "final_ppl": spread([m["final_ppl"] for m in per_seed]),
                 "final_minus_baseline": spread([m["final_minus_baseline"] for m in per_seed]),
+                "at_steps": {f: spread([m["at_steps"][f] for m in per_seed]) for f in EQUAL_STEPS},
             }
         )
     return rows
 
 
-def markdown_table(rows: list[dict[str, Any]], teacher: dict[str, Any] | None = None) -> str:
-    """The results table (means ± sample std [min–max] over seeds)."""
+def markdown_table(
+    rows: list[dict[str, Any]], teacher: dict[str, Any] | None = None, costs: dict[str, Any] | None = None
+) -> str:
+    """The results table (means ± sample std [min–max] over seeds). With ``costs``, the teacher's row shows
+    its training as a fraction of the baseline's (mean) cost to the target."""
+    priced = "priced by the interleaved step costs" if costs else "timed steps"
     head = (
-        "| arm | seeds | steps to baseline's final loss (fraction) | wall-clock fraction (teacher forwards + offline "
-        "scoring included) | wall-clock fraction + teacher training | final val loss | Δ vs baseline (paired) "
-        "| final val ppl |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| arm | seeds | steps to the target (fraction of the baseline's) | wall-clock fraction "
+        f"({priced}; teacher forwards + offline scoring included) | wall-clock fraction + teacher training "
+        "| final val loss | Δ final vs baseline (paired) | final val ppl |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- |"
     )
     lines = [head]
     if teacher is not None:
+        cost = ""
+        base = next((r for r in rows if r["arm"] == "baseline"), None)
+        if costs and base is not None:
+            base_s = float(np.mean([m["step"] for m in base["per_seed"]])) * costs["student"]
+            cost = (
+                f"; its training costs {teacher['steps'] * costs['teacher'] / base_s:.2f} of the baseline's"
+            )
+        else:
+            cost = f", {teacher['train_time_s']:.0f} s"
         lines.append(
-            f"| teacher ({teacher['preset']}, {teacher['steps']} steps, {teacher['train_time_s']:.0f} s) | 1 | – | – | – "
+            f"| teacher ({teacher['preset']}, {teacher['steps']} steps{cost}) | 1 | – | – | – "
             f"| {teacher['final_loss']:.3f} | – | {math.exp(teacher['final_loss']):.1f} |"
         )
     for r in rows:
@@ -151,6 +225,17 @@ def markdown_table(rows: list[dict[str, Any]], teacher: dict[str, Any] | None = 
             f"| {_fmt_frac(r['wall_frac_with_teacher'])} | {r['final_loss'].fmt(3)} "
             f"| {r['final_minus_baseline'].fmt(3)} | {r['final_ppl'].fmt(1)} |"
         )
+    return "\n".join(lines)
+
+
+def equal_steps_table(rows: list[dict[str, Any]]) -> str:
+    """Validation loss minus the baseline's at equal steps (paired per seed; negative = ahead)."""
+    head = "| arm | " + " | ".join(f"Δ at {f:.0%} of the steps" for f in EQUAL_STEPS) + " |"
+    lines = [head, "| --- |" + " --- |" * len(EQUAL_STEPS)]
+    for r in rows:
+        if r["arm"] == "baseline":
+            continue
+        lines.append(f"| {r['arm']} | " + " | ".join(r["at_steps"][f].fmt(3) for f in EQUAL_STEPS) + " |")
     return "\n".join(lines)
 
 
@@ -196,6 +281,19 @@ def check_targets(
         text, m = frac(arm, "step_frac")
         out.append(
             (f"{arm}: steps ≤ {limit:.2f}", text, None if arm not in by else (m is not None and m <= limit))
+        )
+    if "hypercloning" in by and "teacher-continue" in by:
+        hc, tc = by["hypercloning"], by["teacher-continue"]
+        # never reaching the target counts as slower than any crossing
+        hc_steps = [math.inf if v is None else v for v in hc["step_frac"]]
+        tc_steps = [math.inf if v is None else v for v in tc["step_frac"]]
+        gain = spread([a["final_loss"] - b["final_loss"] for a, b in zip(hc["per_seed"], tc["per_seed"])])
+        text = (
+            f"steps {np.mean(hc_steps):.2f} vs {np.mean(tc_steps):.2f}; final loss hypercloning − "
+            f"teacher-continue = {gain.fmt(3)}"
+        )
+        out.append(
+            ("hypercloning: ahead of teacher-continue", text, bool(np.mean(hc_steps) < np.mean(tc_steps)))
         )
     if "rkd" in by and "salt" in by:
         diff = by["rkd"]["final_loss"].mean - by["salt"]["final_loss"].mean

@@ -18,7 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from hf_salt.experiments.metrics import SALT_WALL_TARGET, aggregate, check_targets, markdown_table
+from hf_salt.experiments.metrics import (
+    SALT_WALL_TARGET,
+    aggregate,
+    check_targets,
+    equal_steps_table,
+    markdown_table,
+)
 
 
 def plot_results(results: dict[str, Any], path: Path) -> Path:
@@ -142,12 +148,13 @@ def report_markdown(results: dict[str, Any], rows: list[dict[str, Any]], plot_re
         f"({teacher_note}); "
         f"validation: {results['validation_blocks']} blocks evaluated every {cfg['eval_every']} steps.",
         "",
-        markdown_table(rows, teacher),
+        markdown_table(rows, teacher, results.get("step_costs")),
         "",
-        "Fractions are per seed against the same seed's baseline (same init, same data order), then "
-        "mean ± sample std [min–max] over seeds. The wall-clock columns time the optimizer steps only "
-        "(evaluations excluded); teacher forwards during KD are inside the steps, SALT_DS's offline scoring is "
-        "added, and the last column also adds the teacher's own training.",
+        _columns_note(results),
+        "",
+        "Validation loss minus the baseline's at equal steps (paired per seed; negative = ahead):",
+        "",
+        equal_steps_table(rows),
         "",
         "Targets (judged on the seed means):",
         "",
@@ -165,6 +172,38 @@ def report_markdown(results: dict[str, Any], rows: list[dict[str, Any]], plot_re
         ]
     lines += ["", f"![validation curves]({plot_rel})", ""]
     return "\n".join(lines)
+
+
+def _columns_note(results: dict[str, Any]) -> str:
+    """What the table's columns mean for this run (target, pricing)."""
+    cfg = results["config"]
+    evals = cfg.get("target_evals", 1)
+    target = (
+        "the baseline's final validation loss"
+        if evals == 1
+        else f"the mean of the baseline's last {evals} validation losses"
+    )
+    costs = results.get("step_costs")
+    if costs:
+        kinds = ", ".join(f"{k} {costs[k] * 1000:.0f} ms" for k in ("student", "kd", "teacher") if k in costs)
+        rounds = len(next(iter(costs["rounds"].values())))
+        wall = (
+            f"Wall-clock is priced, not read off each run: seconds per step from one interleaved measurement "
+            f"in one process ({kinds}; median of {rounds} rounds, {costs.get('measured', '')}), times each "
+            "arm's steps of each kind (KD steps at the KD price); SALT_DS's offline scoring is added, and the "
+            "last wall-clock column adds the teacher's own training at the teacher's price."
+        )
+    else:
+        wall = (
+            "The wall-clock columns time each run's optimizer steps (evaluations excluded); teacher forwards "
+            "during KD are inside the steps, SALT_DS's offline scoring is added, and the last column also adds "
+            "the teacher's own training."
+        )
+    return (
+        f"The target is {target}. Fractions are per seed against the same seed's baseline (same init, same data "
+        "order), the arm's steps (or seconds) to the target over the baseline's own, then mean ± sample std "
+        f"[min–max] over seeds. {wall}"
+    )
 
 
 def update_results_md(path: Path, marker: str, block: str, section: str = "## Reproduction") -> None:

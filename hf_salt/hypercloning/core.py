@@ -331,6 +331,7 @@ def clone(
         "final_norm_scale": scale,
         "verified": bool(verify and exact),
         "probe_max_logit_diff": check.max_logit_diff,
+        "lr_scale": engine.lr_scales(plan),
         "paper": "arXiv:2409.12903",
     }
     dest.train(model.training)

@@ -682,6 +682,29 @@ def head_size(config: PretrainedConfig) -> int:
     return hidden // heads if hidden and heads else 0
 
 
+def lr_scales(p: Plan) -> dict[str, float]:
+    """Tensor-name patterns (layer indices as ``*``) -> the factor their entries are of the source's.
+
+    A tensor whose input axis was tiled n times holds the source's entries divided by n (a rescaled final norm
+    or embedding: times its scale), so an optimizer step of the source's size is n times larger relative to it; :func:`hf_salt.hypercloning.optim.param_groups` reads
+    these to keep the grown tensors' relative step the source's.
+    """
+    out: dict[str, float] = {}
+    for lay in p.layouts.values():
+        if lay.kind == "copy":
+            continue
+        for name in lay.members:
+            if name in p.zero:
+                continue
+            if p.offsets.get(name):  # a (1 + w) norm: its entries are not a multiple of the source's
+                continue
+            choice = lay.choice_for(name)
+            factor = choice.scale / math.prod(choice.segments[a][0][1] for a in choice.contract)
+            if not math.isclose(factor, 1.0):
+                out[re.sub(r"\.\d+\.", ".*.", name)] = factor
+    return dict(sorted(out.items()))
+
+
 def add_noise(p: Plan, snr_db: float, seed: int, block: int = 0) -> None:
     """Function-preserving +/- noise in every contracted layer except embeddings and the output head.
 

@@ -34,6 +34,7 @@ TEACHER_SHARDING = ("replicate", "shard")
         ),
         "Memory and speed": ("kd_chunk_size", "kd_loss_backend", "kd_truncate_vocab"),
         "Where the teacher lives": ("teacher_sharding", "teacher_offload_after_kd"),
+        "A grown student (HyperCloning)": ("hypercloning_lr_scale",),
         "Raw datasets (trl.SFTConfig's names and defaults)": (
             "dataset_text_field",
             "max_length",
@@ -176,6 +177,16 @@ class SALTConfig(SFTDataArguments, TrainingArguments):
             "help": "Under DeepSpeed: replicate (a full teacher copy on every rank, no all-gathers; best for a small "
             "teacher) or shard (a ZeRO-3 teacher engine, for a teacher that does not fit).",
             "choices": list(TEACHER_SHARDING),
+        },
+    )
+
+    hypercloning_lr_scale: bool = field(
+        default=True,
+        metadata={
+            "help": "When the student is a HyperCloning clone: train each grown tensor at the learning rate times "
+            "the scale the clone recorded (1/n where its entries were divided by n), so its relative step is "
+            "the source's and the clone keeps its head start (docs/hypercloning.md, 'Training a clone'). "
+            "No effect on other models."
         },
     )
 

@@ -28,6 +28,7 @@ from transformers.utils import logging
 
 from hf_salt.checks import check_causal_lm, check_model_tokenizer, check_positions
 from hf_salt.data.sft import prepare_trainer_data
+from hf_salt.hypercloning.optim import GrownLRMixin
 from hf_salt.salt.config import SALTConfig
 from hf_salt.salt.losses import (
     KDLossOutput,
@@ -124,8 +125,11 @@ def _redirect_forward(wrapper: nn.Module, inner: nn.Module, fn: Callable[..., An
         restore()
 
 
-class SALTTrainer(TrainerBase, Trainer):
+class SALTTrainer(GrownLRMixin, TrainerBase, Trainer):
     """Trainer for SALT: KD from a small teacher for the first n_KD optimizer steps, then plain training.
+
+    A HyperCloning clone as the student trains at its recorded learning-rate scales
+    (``args.hypercloning_lr_scale``, :class:`hf_salt.hypercloning.GrownLRMixin`).
 
     Args:
         model: the student (`*ForCausalLM`) or a local path.

@@ -1,0 +1,99 @@
+"""Training a clone: keep each grown tensor's relative optimizer step the source's.
+
+HyperCloning divides a tensor's entries by n where its input axis was tiled n times (``config.hypercloning
+['lr_scale']`` records which, as name patterns). Adam's step has about the same size per entry whatever the
+entry's magnitude, so the same learning rate moves those tensors n times further relative to their weights than
+it moved the source's, and the clone loses the head start it was grown for. Scaling their learning rate by 1/n
+(as muP scales hidden matrices by 1/fan-in), and their decoupled weight decay by n so that lr x decay stays the
+same, gives them the source's relative step: an Adam(W) step on an exact clone is then exactly the clone of the
+source's step (tests/test_hypercloning_optim.py). Embeddings, norms and biases keep the full rate. Measured in benchmarks/RESULTS.md ("Payoff: the growth recipe").
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def lr_scales(model: nn.Module) -> dict[str, float]:
+    """Parameter name -> learning-rate multiplier for a clone's grown tensors (empty for any other model).
+
+    Names may carry wrapper prefixes (``module.``, ``_orig_mod.``, PEFT's ``base_model.model.``): a recorded
+    pattern matches a name or any dotted suffix of it.
+    """
+    config = getattr(getattr(model, "module", model), "config", None) or getattr(model, "config", None)
+    record = getattr(config, "hypercloning", None) or {}
+    patterns: dict[str, float] = record.get("lr_scale") or {}
+    if not patterns:
+        return {}
+    out: dict[str, float] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        for pattern, scale in patterns.items():
+            if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, "*." + pattern):
+                out[name] = float(scale)
+                break
+    return out
+
+
+def scale_param_groups(optimizer: torch.optim.Optimizer, model: nn.Module) -> torch.optim.Optimizer:
+    """Split ``optimizer``'s groups so a clone's grown tensors get ``lr x`` their recorded scale, in place.
+
+    Call it on a fresh optimizer (no state yet), before a learning-rate scheduler is built on it: the scheduler
+    then decays every group from its own peak. A model without a clone record is left as it is.
+    """
+    scales = lr_scales(model)
+    if not scales:
+        return optimizer
+    if optimizer.state:
+        raise ValueError(
+            "scale_param_groups needs a fresh optimizer: this one has taken steps already. Call it right after "
+            "creating the optimizer, before training."
+        )
+    scale_of = {id(p): scales[n] for n, p in model.named_parameters() if n in scales}
+    groups = []
+    for group in optimizer.param_groups:
+        by_scale: dict[float, list[torch.nn.Parameter]] = {}
+        for p in group["params"]:
+            by_scale.setdefault(scale_of.get(id(p), 1.0), []).append(p)
+        for scale, params in by_scale.items():
+            # decoupled weight decay shrinks by lr x weight_decay per step: keep that product the source's
+            decay = group.get("weight_decay", 0.0) / scale if "weight_decay" in group else None
+            extra = {} if decay is None else {"weight_decay": decay}
+            groups.append({**group, "params": params, "lr": group["lr"] * scale, **extra})
+    optimizer.param_groups.clear()
+    for group in groups:
+        optimizer.add_param_group(group)
+    return optimizer
+
+
+class GrownLRMixin:
+    """Trainer mixin: a clone's grown tensors train at their recorded learning-rate scale.
+
+    ``class MyTrainer(GrownLRMixin, Trainer)``; hf-salt's trainers include it. A model that is not a clone trains
+    as under the plain Trainer. ``hypercloning_lr_scale=False`` in the training arguments (where they have the
+    field) turns it off.
+    """
+
+    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
+        fresh = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if fresh and getattr(self.args, "hypercloning_lr_scale", True):
+            scale_param_groups(optimizer, self.model if model is None else model)
+        return optimizer
+
+
+_GROWN_LR_CLASSES: dict[type, type] = {}
+
+
+def with_grown_lr(trainer_cls: type) -> type:
+    """``trainer_cls`` with :class:`GrownLRMixin` (itself if it has it; each class is built once)."""
+    if issubclass(trainer_cls, GrownLRMixin):
+        return trainer_cls
+    if trainer_cls not in _GROWN_LR_CLASSES:
+        _GROWN_LR_CLASSES[trainer_cls] = type(trainer_cls.__name__, (GrownLRMixin, trainer_cls), {})
+    return _GROWN_LR_CLASSES[trainer_cls]
