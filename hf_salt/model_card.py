@@ -267,6 +267,8 @@ def write_model_card(
     back. Keyword arguments are those of :func:`render_model_card`; extra ones from `Trainer.push_to_hub` are
     honoured where they mean something for the card (`language`, `license`, `finetuned_from`, `dataset`).
     """
+    if output_dir is not None:  # a folder other than output_dir (an adapter folder): its quick start loads it
+        kwargs.setdefault("model_path", output_dir)
     text = render_model_card(
         unwrap(trainer), method=method, method_info=method_info, trainer=trainer, **kwargs
     )
@@ -319,7 +321,7 @@ def render_model_card(
 
     args = getattr(trainer, "args", None)
     hub_id = getattr(args, "hub_model_id", None)
-    out = model_path or kwargs.get("output_dir") or getattr(args, "output_dir", None) or "."
+    out = model_path or getattr(args, "output_dir", None) or "."
     model_name = model_name or (hub_id or Path(out).absolute().name).split("/")[-1]
     peft = _peft_info(model)
     all_tags = list(
@@ -361,6 +363,8 @@ def render_model_card(
     if "hypercloning" in methods and info.get("grown_from") is not None:
         summary += f" Grown from: {_fmt(info['grown_from'], 'model')}."
     log_history = trainer.state.log_history if trainer is not None else None
+    if has_tokenizer is None:
+        has_tokenizer = getattr(trainer, "processing_class", None) is not None
     card = ModelCard.from_template(
         card_data,
         template_path=str(template_path or TEMPLATE_PATH),
@@ -370,9 +374,7 @@ def render_model_card(
         adapter_base=_local_or_hub(peft["base"]) if peft.get("base") else "its base model",
         auto_class="AutoModelForSeq2SeqLM" if is_seq2seq else "AutoModelForCausalLM",
         load_path=hub_id or os.fspath(out),
-        has_tokenizer=getattr(trainer, "processing_class", None) is not None
-        if has_tokenizer is None
-        else has_tokenizer,
+        has_tokenizer=has_tokenizer,
         trained=trainer is not None,
         methods=sections,
         other_settings=[(k, _fmt(v, _PATH_KEYS.get(k))) for k, v in info.items() if k not in used],

@@ -200,6 +200,7 @@ def test_peft_save_model_writes_the_hf_salt_card(tmp_path) -> None:
     assert "[More Information Needed]" not in card.text  # PEFT's blank card is gone
     assert "**PEFT adapter** (LORA)" in card.text and "loads on top of\n`me/tiny-base`" in card.text
     assert "| n_KD (distillation steps) | 1 |" in card.text
+    assert f'from_pretrained("{adapter}")' in card.text  # the quick start loads the adapter folder
 
 
 def test_cli_grow_writes_the_hypercloning_card_with_the_weights(tmp_path, monkeypatch) -> None:
