@@ -454,13 +454,11 @@ def _count(n: int) -> str:
 
 def _peft_info(model: Any) -> dict[str, str]:
     """The active adapter's type and base model of a PEFT model, else {}."""
-    if model is None or not is_peft_model(model) or not model.peft_config:
+    if model is None or not is_peft_model(model):
         return {}
-    configs = model.peft_config
-    config = configs.get(getattr(model, "active_adapter", "default")) or next(iter(configs.values()))
-    peft_type = getattr(config, "peft_type", "")
-    base = config.base_model_name_or_path or getattr(model.get_base_model().config, "_name_or_path", "")
-    return {"type": str(getattr(peft_type, "value", peft_type)), "base": str(base or "")}
+    config = model.active_peft_config
+    base = config.base_model_name_or_path or model.get_base_model().config._name_or_path
+    return {"type": str(getattr(config.peft_type, "value", config.peft_type)), "base": str(base or "")}
 
 
 def _model_rows(model: Any, base: Any, peft: dict[str, str]) -> list[tuple[str, str]]:
