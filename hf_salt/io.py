@@ -152,11 +152,14 @@ def save_pretrained_atomic(
     *,
     tokenizer: Any | None = None,
     overwrite: bool = False,
+    files: dict[str, str] | None = None,
     **save_kwargs: Any,
 ) -> Path:
     """``model.save_pretrained`` (and the tokenizer's) into `save_directory`, atomically: a complete folder or
     nothing (see :func:`atomic_directory`), so a later load never half-reads an interrupted save. An existing
-    folder that is not empty is replaced only with ``overwrite=True``; an empty one is used."""
+    folder that is not empty is replaced only with ``overwrite=True``; an empty one is used. `files`: text files
+    (name -> text, e.g. the model card's ``README.md``) written into the same folder, so they come with the
+    weights or not at all."""
     dst = Path(save_directory).expanduser().absolute()
     if not overwrite and dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise FileExistsError(
@@ -166,6 +169,8 @@ def save_pretrained_atomic(
         model.save_pretrained(str(tmp), **save_kwargs)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
     return dst
 
 

@@ -1,9 +1,11 @@
-"""Model cards for models trained with hf-salt (SALT, SALT_DS, distilling step-by-step, HyperCloning).
+"""Model cards for models made with hf-salt (SALT, SALT_DS, distilling step-by-step, HyperCloning).
 
-Trainers call `write_model_card` from their `create_model_card` override, so `trainer.push_to_hub()` uploads
-a card that says how the model was made: the method and its settings (teacher, n_KD, schedule, omega,
-tau, divergence, data selection, grown-from source), the training metrics from `trainer.state.log_history`,
-framework versions, a quick start that loads with plain transformers, and the papers' BibTeX.
+TRL's `generate_model_card` renders only templates inside the `trl` package (and cites TRL), so hf-salt follows
+its recipe rather than calling it: the trainers carry `_tag_names` / `_paper` / `_template_file` like TRL's,
+`huggingface_hub`'s `ModelCardData` + `ModelCard.from_template` render `model_cards/hf_salt_model_card.md`
+(shipped as `hf_salt/assets/model_cards/`; a test keeps the two identical), and this module only gathers the
+data the template shows: the method and its settings (`METHODS`), the model, and, when a trainer made it, the
+hyperparameters and metrics from `trainer.state.log_history`.
 
 `method_info` keys that the card knows (others are listed under "Other method settings"):
 
@@ -12,18 +14,16 @@ framework versions, a quick start that loads with plain transformers, and the pa
 - salt_ds: `pool_size`, `selected_size`, `top_k`, `statistic`, `band`
 - step_by_step: `dataset`, `rationale_source`, `rationale_weight` (lambda), `use_llm_labels`, `label_prefix`,
   `rationale_prefix`
-- hypercloning: `grown_from`, `width_multiplier`, `ffn_multiplier`, `snr_db`, `depth_multiplier`; read
-  from `config.hypercloning` (written by `hf_salt.hypercloning`) when the trained model was grown
+- hypercloning: `grown_from`, `width_multiplier`, `ffn_multiplier`, `snr_db`, `depth_multiplier`, `verified`,
+  `probe_max_logit_diff`; read from `config.hypercloning` (written by `hf_salt.hypercloning`) of a grown model
 
-A teacher / grown-from value may be a string or a model (its `name_or_path` and size are recorded).
-The template lives in the top-level `model_cards/` folder; a copy ships in `hf_salt/assets/model_cards/`
-(a test keeps the two identical).
+A teacher / grown-from value may be a string or a model (its `name_or_path` and size are recorded); a local
+folder is shown as one, never as something that reads like a Hub id.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-import logging
 import math
 import os
 import re
@@ -35,8 +35,6 @@ from accelerate.utils import is_peft_model
 from huggingface_hub import ModelCard, ModelCardData
 
 from hf_salt.io import write_text_atomic
-
-logger = logging.getLogger(__name__)
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "assets" / "model_cards" / "hf_salt_model_card.md"
 BASE_TAG = "hf-salt"
@@ -177,6 +175,8 @@ METHODS: dict[str, MethodSpec] = {
             ("ffn_multiplier", "FFN multiplier"),
             ("snr_db", "noise SNR (dB)"),
             ("depth_multiplier", "depth multiplier"),
+            ("verified", "checked against the source"),
+            ("probe_max_logit_diff", "max \\|logit difference\\| on the 2 x 8 probe tokens"),
         ),
         bibtex=_HYPERCLONING_BIBTEX,
         aliases={
@@ -187,8 +187,22 @@ METHODS: dict[str, MethodSpec] = {
     ),
 }
 
+# method_info keys whose value names a model or data set: a local folder is shown as one
+_PATH_KEYS = {"teacher": "model", "grown_from": "model", "rationale_source": "model", "dataset": "dataset"}
+# settings of options a run may not use: no row when absent, rather than "not recorded"
+_ONLY_WHEN_USED = frozenset({"kd_auto_switch", "verified", "probe_max_logit_diff"})
+# card key -> key of the provenance that hf_salt.hypercloning writes into config.hypercloning
+_HYPERCLONING_KEYS = {
+    "grown_from": "source",
+    "width_multiplier": "width_multiplier",
+    "ffn_multiplier": "ffn_multiplier",
+    "snr_db": "snr_db",
+    "depth_multiplier": "depth_multiplier",
+    "verified": "verified",
+    "probe_max_logit_diff": "probe_max_logit_diff",
+}
 # metrics logged by the hf-salt trainers, in the order the card shows them
-_EXTRA_METRICS: tuple[tuple[str, str], ...] = (
+_EXTRA_METRICS = (
     ("loss_ce", "cross-entropy part of the loss"),
     ("loss_kd", "distillation part of the loss"),
     ("kd_weight", "KD weight at the last log"),
@@ -199,7 +213,23 @@ _EXTRA_METRICS: tuple[tuple[str, str], ...] = (
     ("exact_match", "label exact match"),
 )
 _MAX_LOG_ROWS = 12
-_FRAMEWORKS = ("transformers", "torch", "accelerate", "datasets", "tokenizers", "peft", "deepspeed")
+_FRAMEWORKS = (
+    "hf-salt",
+    "transformers",
+    "torch",
+    "accelerate",
+    "datasets",
+    "tokenizers",
+    "peft",
+    "deepspeed",
+)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_NAMES = {
+    "salt": "SALT",
+    "salt_ds": "SALT_DS",
+    "step_by_step": "distilling step-by-step",
+    "hypercloning": "HyperCloning",
+}
 
 
 def parse_method(method: str) -> list[str]:
@@ -227,209 +257,160 @@ def write_model_card(
     *,
     method: str,
     method_info: dict[str, Any],
-    model_name: str | None = None,
-    dataset_name: str | list[str] | None = None,
-    tags: str | list[str] | None = None,
     output_dir: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> str:
-    """Render the hf-salt model card for `trainer` and write it to `output_dir/README.md` (default: the
-    trainer's `args.output_dir`; `SALTTrainer.save_model` passes a PEFT adapter folder).
+    """Render the hf-salt card of `trainer`'s model and write it to `output_dir/README.md` (default: the
+    trainer's `args.output_dir`; `TrainerBase.save_model` passes a PEFT adapter folder).
 
-    Only the main process writes (atomically: a temporary file, then `os.replace`), so a reader never sees
-    half a card; every process gets the text back. Extra keyword arguments from `Trainer.push_to_hub`
-    (`language`, `license`, `finetuned_from`, `dataset`, `tasks`, ...) are honoured where they mean something
-    for the card and otherwise ignored, as `push_to_hub` forwards anything it is given. `template_path`
-    swaps the Jinja template (like TRL's `_template_file`). `model_path`: the folder the model is saved in, named
-    by the quick start when there is no `hub_model_id` (default: `output_dir`), so its code runs as printed.
+    Only the main process writes (atomically: a kill mid-write leaves the old card); every process gets the text
+    back. Keyword arguments are those of :func:`render_model_card`; extra ones from `Trainer.push_to_hub` are
+    honoured where they mean something for the card (`language`, `license`, `finetuned_from`, `dataset`).
+    """
+    if output_dir is not None:  # a folder other than output_dir (an adapter folder): its quick start loads it
+        kwargs.setdefault("model_path", output_dir)
+    text = render_model_card(
+        unwrap(trainer), method=method, method_info=method_info, trainer=trainer, **kwargs
+    )
+    check = getattr(trainer, "is_world_process_zero", None)
+    if not callable(check) or check():
+        write_text_atomic(
+            Path(output_dir if output_dir is not None else trainer.args.output_dir) / "README.md", text
+        )
+    return text
+
+
+def render_model_card(
+    model: Any,
+    *,
+    method: str,
+    method_info: dict[str, Any],
+    trainer: Any = None,
+    model_name: str | None = None,
+    dataset_name: str | list[str] | None = None,
+    tags: str | list[str] | None = None,
+    model_path: str | os.PathLike | None = None,
+    has_tokenizer: bool | None = None,
+    template_path: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> str:
+    """The card text of `model` (a grown model needs no trainer: `hf-salt grow` writes its card from this).
+
+    `model_path`: the folder the quick start loads when there is no `hub_model_id` (default: the output folder),
+    so its code runs as printed. `has_tokenizer`: whether the quick start loads a tokenizer (default: whether the
+    trainer has one). `template_path` swaps the Jinja template, like TRL's `_template_file`.
     """
     methods = parse_method(method)
-    info = _canonical_info(methods, dict(method_info or {}))
-    grown = _hypercloning_provenance(_unwrap(trainer))
-    if grown:  # a HyperCloned model says so in its config: record it whichever trainer trained it
-        if "hypercloning" not in methods:
-            methods.insert(0, "hypercloning")
-        for key, source_key in _HYPERCLONING_KEYS:
+    info: dict[str, Any] = {}
+    for key, value in (method_info or {}).items():  # aliases (omega, tau, n_kd, ...): the first spelling wins
+        canonical = next((METHODS[m].aliases[key] for m in methods if key in METHODS[m].aliases), key)
+        info.setdefault(canonical, value)
+    base = model.get_base_model() if model is not None and is_peft_model(model) else model
+    config = getattr(base, "config", None)
+    grown = getattr(config, "hypercloning", None)
+    grown = grown if isinstance(grown, dict) else {}
+    if grown:  # a HyperCloned model says so in its config: recorded whichever trainer trained it
+        methods = methods if "hypercloning" in methods else ["hypercloning", *methods]
+        for key, source_key in _HYPERCLONING_KEYS.items():
             if info.get(key) is None and source_key in grown:
                 info[key] = grown[source_key]
         if "snr_db" in grown and grown["snr_db"] is None:  # recorded as "no noise", not unknown
             info["snr_db"] = "none (an exact copy of the source's function)"
     if "step_by_step" in methods and info.get("dataset") is None and isinstance(dataset_name, str):
         info["dataset"] = dataset_name
-    text = render_model_card(
-        trainer,
-        methods=methods,
-        info=info,
-        model_name=model_name,
-        dataset_name=dataset_name,
-        tags=tags,
-        **kwargs,
+
+    args = getattr(trainer, "args", None)
+    hub_id = getattr(args, "hub_model_id", None)
+    out = model_path or getattr(args, "output_dir", None) or "."
+    model_name = model_name or (hub_id or Path(out).absolute().name).split("/")[-1]
+    peft = _peft_info(model)
+    all_tags = list(
+        dict.fromkeys([*method_tags("+".join(methods)), *([tags] if isinstance(tags, str) else tags or [])])
     )
-    if _is_main_process(trainer):
-        output_dir = Path(output_dir if output_dir is not None else trainer.args.output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(output_dir / "README.md", text)
-    return text
-
-
-def render_model_card(
-    trainer: Any,
-    *,
-    methods: list[str],
-    info: dict[str, Any],
-    model_name: str | None = None,
-    dataset_name: str | list[str] | None = None,
-    tags: str | list[str] | None = None,
-    template_path: str | os.PathLike | None = None,
-    **kwargs: Any,
-) -> str:
-    """Build the card text without writing it (used by `write_model_card`; handy for previews)."""
-    args = trainer.args
-    model = _unwrap(trainer)
-    peft_info = _peft_info(model)
-    repo_id = args.hub_model_id or model_name or Path(args.output_dir).name
-    model_name = model_name or repo_id.split("/")[-1]
-
-    all_tags = method_tags("+".join(methods))
-    for tag in [tags] if isinstance(tags, str) else list(tags or []):
-        if tag not in all_tags:
-            all_tags.append(tag)
     datasets = kwargs.get("dataset") or dataset_name
-    datasets = [datasets] if isinstance(datasets, str) else list(datasets or [])
-    datasets = [d for d in datasets if not _is_local(str(d))]  # a local file is no Hub data set
-    grown = _hypercloning_provenance(model)
+    datasets = [
+        d for d in ([datasets] if isinstance(datasets, str) else datasets or []) if not _is_local(str(d))
+    ]
     base_model = (
         _hub_id(kwargs.get("finetuned_from"))
-        or _hub_id(peft_info.get("base"))
+        or _hub_id(peft.get("base"))
         or _hub_id(grown.get("source"))
         # a grown model's own name is made up ("<source>-hypercloned-2x"): never a Hub repo to point at
-        or (None if grown else _hub_id(getattr(getattr(model, "config", None), "_name_or_path", None)))
+        or (None if grown else _hub_id(getattr(config, "_name_or_path", None)))
     )
-    is_seq2seq = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+    is_seq2seq = bool(getattr(config, "is_encoder_decoder", False))
     card_data = ModelCardData(
         model_name=model_name,
         language=kwargs.get("language"),
         license=kwargs.get("license"),
-        library_name="peft" if peft_info else "transformers",
+        library_name="peft" if peft else "transformers",
         pipeline_tag="text2text-generation" if is_seq2seq else "text-generation",
         tags=all_tags,
         datasets=datasets or None,
         base_model=base_model,
     )
-
-    method_sections, other = _method_sections(methods, info)
-    template = Path(template_path) if template_path is not None else TEMPLATE_PATH
+    sections, used = [], set()
+    for name in methods:
+        spec = METHODS[name]
+        rows = [(label, _fmt(info.get(key), _PATH_KEYS.get(key))) for key, label in spec.fields
+                if info.get(key) is not None or key not in _ONLY_WHEN_USED]  # fmt: skip
+        used.update(key for key, _ in spec.fields)
+        sections.append({**vars(spec), "rows": rows})
+    how = f"{'trained' if trainer is not None else 'made'} with {' + '.join(_NAMES[m] for m in methods)}"
+    summary = f"A `{type(base).__name__}` {how} using hf-salt, a Transformers plugin."
+    if "salt" in methods and info.get("teacher") is not None:
+        summary += f" Its (smaller) teacher: {_fmt(info['teacher'], 'model')}."
+    if "hypercloning" in methods and info.get("grown_from") is not None:
+        summary += f" Grown from: {_fmt(info['grown_from'], 'model')}."
+    log_history = trainer.state.log_history if trainer is not None else None
+    if has_tokenizer is None:
+        has_tokenizer = getattr(trainer, "processing_class", None) is not None
     card = ModelCard.from_template(
         card_data,
-        template_path=str(template),
+        template_path=str(template_path or TEMPLATE_PATH),
         model_name=model_name,
-        summary=_summary(methods, info, model),
-        is_adapter=bool(peft_info),
-        peft_type=peft_info.get("type", ""),
-        adapter_base=_model_name(peft_info["base"]) if peft_info.get("base") else "its base model",
-        quickstart=_quickstart(
-            args.hub_model_id or kwargs.get("model_path") or args.output_dir,
-            is_seq2seq,
-            bool(peft_info),
-            trainer,
-        ),
-        methods=method_sections,
-        other_settings=other,
-        model_rows=_model_rows(model, peft_info),
-        hyperparameters=_hyperparameters(trainer),
-        metrics=_metrics(trainer.state.log_history),
-        log_table=_log_table(trainer.state.log_history),
-        tracking=", ".join(r for r in (args.report_to or []) if r != "none"),
-        framework_versions=_framework_versions(),
+        summary=summary,
+        peft=peft,
+        adapter_base=_local_or_hub(peft["base"]) if peft.get("base") else "its base model",
+        auto_class="AutoModelForSeq2SeqLM" if is_seq2seq else "AutoModelForCausalLM",
+        load_path=hub_id or os.fspath(out),
+        has_tokenizer=has_tokenizer,
+        trained=trainer is not None,
+        methods=sections,
+        other_settings=[(k, _fmt(v, _PATH_KEYS.get(k))) for k, v in info.items() if k not in used],
+        model_rows=_model_rows(model, base, peft),
+        hyperparameters=_hyperparameters(trainer) if trainer is not None else [],
+        metrics=_metrics(log_history) if log_history is not None else [],
+        log_table=_log_table(log_history or []),
+        tracking=", ".join(r for r in (getattr(args, "report_to", None) or []) if r != "none"),
+        framework_versions=[(n, v) for n in _FRAMEWORKS if (v := _version(n)) is not None],
         citations=list(dict.fromkeys(METHODS[m].bibtex for m in methods)),
-        hf_salt_version=_hf_salt_version(),
+        hf_salt_version=_version("hf-salt"),
     )
     return re.sub(r"\n{3,}", "\n\n", str(card))  # Jinja blocks leave runs of blank lines
 
 
-# --------------------------------------------------------------------------- helpers
-# card key -> key of the provenance that hf_salt.hypercloning writes into config.hypercloning
-_HYPERCLONING_KEYS = (
-    ("grown_from", "source"),
-    ("width_multiplier", "width_multiplier"),
-    ("ffn_multiplier", "ffn_multiplier"),
-    ("snr_db", "snr_db"),
-    ("depth_multiplier", "depth_multiplier"),
-)
-
-
-def _hypercloning_provenance(model: Any) -> dict[str, Any]:
-    """`config.hypercloning` of a grown model (also under a PEFT wrapper), else {}."""
-    if model is not None and is_peft_model(model):
-        model = model.get_base_model()
-    grown = getattr(getattr(model, "config", None), "hypercloning", None)
-    return grown if isinstance(grown, dict) else {}
-
-
-def _canonical_info(methods: list[str], info: dict[str, Any]) -> dict[str, Any]:
-    """Map aliases (`omega`, `tau`, `n_kd`, ...) to the keys the card knows, first spelling wins."""
-    out: dict[str, Any] = {}
-    for key, value in info.items():
-        canonical = key
-        for m in methods:
-            canonical = METHODS[m].aliases.get(key, canonical)
-        out.setdefault(canonical, value)
-    return out
-
-
-def _method_sections(methods: list[str], info: dict[str, Any]) -> tuple[list[dict[str, Any]], list]:
-    sections, used = [], set()
-    for name in methods:
-        spec = METHODS[name]
-        rows = []
-        for key, label in spec.fields:
-            used.add(key)
-            if info.get(key) is None and key in _ONLY_WHEN_USED:
-                continue  # a setting of an option the run did not use: no row, rather than "not recorded"
-            rows.append((label, _fmt(info.get(key), kind=_PATH_KEYS.get(key))))
-        sections.append(
-            {
-                "title": spec.title,
-                "description": spec.description,
-                "paper_title": spec.paper_title,
-                "paper_url": spec.paper_url,
-                "rows": rows,
-            }
-        )
-    other = [(key, _fmt(value, kind=_PATH_KEYS.get(key))) for key, value in info.items() if key not in used]
-    return sections, other
-
-
-def _summary(methods: list[str], info: dict[str, Any], model: Any) -> str:
-    kind = _architecture(model)
-    names = {
-        "salt": "SALT",
-        "salt_ds": "SALT_DS",
-        "step_by_step": "distilling step-by-step",
-        "hypercloning": "HyperCloning",
-    }
-    text = f"A `{kind}` trained with {' + '.join(names[m] for m in methods)} using hf-salt, a Transformers plugin."
-    if "salt" in methods and info.get("teacher") is not None:
-        text += f" Its (smaller) teacher: {_fmt(info['teacher'], kind='model')}."
-    if "hypercloning" in methods and info.get("grown_from") is not None:
-        text += f" Grown from: {_fmt(info['grown_from'], kind='model')}."
-    return text
+# --------------------------------------------------------------------------- the data the template shows
+def unwrap(trainer: Any) -> Any:
+    """The trainer's model without its accelerate / DDP / DeepSpeed wrapper (a PEFT wrapper stays)."""
+    model = getattr(trainer, "model", None)
+    accelerator = getattr(trainer, "accelerator", None)
+    return accelerator.unwrap_model(model) if accelerator is not None and model is not None else model
 
 
 def _fmt(value: Any, kind: str | None = None) -> str:
     """One table cell: models become `name (N params)`, floats are short, missing values say so.
 
-    `kind` ("model", "dataset"): the value names a model or data set, so a local path is shown as one rather
-    than as something that reads like a Hub id.
+    `kind` ("model", "dataset"): the value names a model or data set, so a local path is shown as one.
     """
     if value is None:
         return "not recorded"
     if hasattr(value, "config") and hasattr(value, "parameters"):
         name = getattr(value, "name_or_path", "") or getattr(value.config, "_name_or_path", "") or ""
-        label = _model_name(str(name)) if name else f"a `{type(value).__name__}`"
-        return f"{label} ({_count(_num_parameters(value))} parameters)"
+        label = _local_or_hub(str(name)) if name else f"a `{type(value).__name__}`"
+        return f"{label} ({_count(sum(p.numel() for p in value.parameters()))} parameters)"
     if kind and isinstance(value, (str, os.PathLike)) and _is_local(os.fspath(value)):
-        return _model_name(os.fspath(value), kind)
+        return _local_or_hub(os.fspath(value), kind)
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
@@ -449,13 +430,19 @@ def _is_local(name: str) -> bool:
     return os.path.exists(name) or looks_like_local_path(name)
 
 
-def _model_name(name: str, kind: str = "model") -> str:
+def _local_or_hub(name: str, kind: str = "model") -> str:
     """`org/name` for a Hub id; "a local model (`teacher/model`)" for a folder (its last parts, no home paths)."""
     if not _is_local(name):
         return f"`{name}`"
     parts = Path(name).expanduser().absolute().parts
     shown = "/".join(parts[-2:]) if parts[-1] in ("model", "final", "best") and len(parts) > 2 else parts[-1]
     return f"a local {kind} (`{shown}`)"
+
+
+def _hub_id(name: Any) -> str | None:
+    """Only Hub repo ids go into `base_model` (a local folder would make the Hub metadata invalid)."""
+    ok = isinstance(name, str) and bool(_HUB_ID.match(name)) and not _is_local(name)
+    return name if ok else None
 
 
 def _count(n: int) -> str:
@@ -465,106 +452,46 @@ def _count(n: int) -> str:
     return str(n)
 
 
-def _unwrap(trainer: Any) -> Any:
-    model = getattr(trainer, "model", None)
-    accelerator = getattr(trainer, "accelerator", None)
-    if accelerator is not None and model is not None:
-        try:
-            return accelerator.unwrap_model(model)
-        except Exception:  # noqa: BLE001 - an odd wrapper must not stop the card
-            return model
-    return model
-
-
 def _peft_info(model: Any) -> dict[str, str]:
-    configs = model.peft_config if model is not None and is_peft_model(model) else None
-    if not configs:
+    """The active adapter's type and base model of a PEFT model, else {}."""
+    if model is None or not is_peft_model(model):
         return {}
-    config = configs.get(getattr(model, "active_adapter", "default")) or next(iter(configs.values()))
-    peft_type = getattr(config, "peft_type", "")
-    base = getattr(config, "base_model_name_or_path", None)
-    base = base or getattr(model.get_base_model().config, "_name_or_path", "") or ""
-    return {"type": str(getattr(peft_type, "value", peft_type)), "base": str(base)}
+    config = model.active_peft_config
+    base = config.base_model_name_or_path or model.get_base_model().config._name_or_path
+    return {"type": str(getattr(config.peft_type, "value", config.peft_type)), "base": str(base or "")}
 
 
-# keys whose value names a model: local folders are rendered as such
-_PATH_KEYS = {"teacher": "model", "grown_from": "model", "rationale_source": "model", "dataset": "dataset"}
-# fields of options a run may not use: left out of the card when absent (kd_auto_switch only with kd_schedule=auto)
-_ONLY_WHEN_USED = frozenset({"kd_auto_switch"})
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def _num_parameters(model: Any, only_trainable: bool = False) -> int:
-    """HF's `num_parameters()` (PEFT models forward it to the wrapped model); plain modules are summed."""
-    if callable(getattr(model, "num_parameters", None)):
-        return int(model.num_parameters(only_trainable=only_trainable))
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not only_trainable)
-
-
-def _hub_id(name: Any) -> str | None:
-    """Only Hub repo ids go into `base_model` (a local folder would make the Hub metadata invalid)."""
-    if not isinstance(name, str) or not name or _is_local(name) or not _HUB_ID.match(name):
-        return None
-    return name
-
-
-def _quickstart(repo_id: str, is_seq2seq: bool, is_adapter: bool, trainer: Any) -> str:
-    auto = "AutoModelForSeq2SeqLM" if is_seq2seq else "AutoModelForCausalLM"
-    has_tokenizer = getattr(trainer, "processing_class", None) is not None
-    lines = [f"from transformers import {auto}{', AutoTokenizer' if has_tokenizer else ''}", ""]
-    if is_adapter:
-        lines.append(
-            "# an adapter folder: transformers loads the base model and the adapter (needs `pip install peft`)"
-        )
-    lines.append(f'model = {auto}.from_pretrained("{repo_id}")')
-    if has_tokenizer:
-        lines += [
-            f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")',
-            'inputs = tokenizer("The history of", return_tensors="pt")',
-            "outputs = model.generate(**inputs, max_new_tokens=40, do_sample=True, top_p=0.9)",
-            "print(tokenizer.decode(outputs[0], skip_special_tokens=True))",
-        ]
-    return "\n".join(lines)
-
-
-def _architecture(model: Any) -> str:
-    """The model class users load (`LlamaForCausalLM`), also under a PEFT wrapper."""
-    if model is None:
-        return "model"
-    if is_peft_model(model):
-        model = model.get_base_model()
-    return type(model).__name__
-
-
-def _model_rows(model: Any, peft_info: dict[str, str]) -> list[tuple[str, str]]:
+def _model_rows(model: Any, base: Any, peft: dict[str, str]) -> list[tuple[str, str]]:
     if model is None:
         return []
-    config = getattr(model, "config", None)
-    adapter = f" + {peft_info['type']} adapter" if peft_info else ""
-    rows = [("architecture", f"`{_architecture(model)}`{adapter}")]
-    total = _num_parameters(model)
-    trainable = _num_parameters(model, only_trainable=True)
-    rows.append(("parameters", _count(total)))
+    adapter = f" + {peft['type']} adapter" if peft else ""
+    total, trainable = model.num_parameters(), model.num_parameters(only_trainable=True)
+    rows = [("architecture", f"`{type(base).__name__}`{adapter}"), ("parameters", _count(total))]
     if trainable != total:
         rows.append(("trainable parameters", _count(trainable)))
-    for key in (
+    keys = (
         "model_type",
         "hidden_size",
         "num_hidden_layers",
         "num_attention_heads",
         "intermediate_size",
         "vocab_size",
-    ):
-        value = getattr(config, key, None) if config is not None else None
-        if value is not None:
-            rows.append((key, _fmt(value)))
-    return rows
+    )
+    return rows + [(k, _fmt(v)) for k in keys if (v := getattr(base.config, k, None)) is not None]
 
 
 def _hyperparameters(trainer: Any) -> list[tuple[str, str]]:
     args, state = trainer.args, trainer.state
     world = int(getattr(args, "world_size", 1) or 1)
+    accelerator = trainer.accelerator
+    kind = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type))
+    kind = {"NO": "single process", "MULTI_CPU": "DDP (CPU)", "MULTI_GPU": "DDP"}.get(kind, kind)
+    if trainer.is_deepspeed_enabled:
+        stage = accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage")
+        kind = "DeepSpeed" if stage is None else f"DeepSpeed ZeRO-{stage}"
+    elif trainer.is_fsdp_enabled:
+        kind = f"FSDP{getattr(accelerator.state.fsdp_plugin, 'fsdp_version', '')}"
+    processes = accelerator.num_processes
     rows = [
         ("learning_rate", _fmt(args.learning_rate)),
         ("per_device_train_batch_size", str(args.per_device_train_batch_size)),
@@ -576,50 +503,27 @@ def _hyperparameters(trainer: Any) -> list[tuple[str, str]]:
         ),
         ("optimizer", str(getattr(args.optim, "value", args.optim))),
         ("lr_scheduler_type", str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))),
-        ("warmup_steps", _fmt(getattr(args, "warmup_steps", 0))),
+        ("warmup_steps", _fmt(args.warmup_steps)),
         ("weight_decay", _fmt(args.weight_decay)),
         ("max_grad_norm", _fmt(args.max_grad_norm)),
         ("optimizer steps", str(state.global_step)),
         ("seed", str(args.seed)),
         ("precision", "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"),
-        ("distributed", _distributed(trainer)),
+        ("distributed", f"{kind} ({processes} processes)" if processes > 1 else kind),
     ]
-    if getattr(state, "num_input_tokens_seen", 0):
+    if state.num_input_tokens_seen:
         rows.append(("tokens seen", _count(int(state.num_input_tokens_seen))))
     return rows
 
 
-def _distributed(trainer: Any) -> str:
-    accelerator = getattr(trainer, "accelerator", None)
-    if accelerator is None:
-        return "single process"
-    kind = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type))
-    kind = {"NO": "single process", "MULTI_CPU": "DDP (CPU)", "MULTI_GPU": "DDP"}.get(kind, kind)
-    if getattr(trainer, "is_deepspeed_enabled", False):
-        plugin = accelerator.state.deepspeed_plugin
-        stage = plugin.deepspeed_config.get("zero_optimization", {}).get("stage") if plugin else None
-        kind = f"DeepSpeed ZeRO-{stage}" if stage is not None else "DeepSpeed"
-    elif getattr(trainer, "is_fsdp_enabled", False):
-        plugin = accelerator.state.fsdp_plugin
-        kind = f"FSDP{getattr(plugin, 'fsdp_version', '')}"
-    return f"{kind} ({accelerator.num_processes} processes)" if accelerator.num_processes > 1 else kind
-
-
 def _last(log_history: list[dict[str, Any]], key: str) -> float | None:
-    for entry in reversed(log_history):
-        if key in entry and isinstance(entry[key], (int, float)):
-            return float(entry[key])
-    return None
-
-
-def _ppl(loss: float | None) -> str | None:
-    if loss is None:
-        return None
-    return f"{math.exp(loss):.4g}" if loss < 700 else "inf"
+    values = [e[key] for e in log_history if isinstance(e.get(key), (int, float))]
+    return float(values[-1]) if values else None
 
 
 def _metrics(log_history: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """Final values from `log_history`; perplexity is exp of the cross-entropy (the SALT loss includes KD)."""
+    ppl = lambda loss: f"{math.exp(loss):.4g}" if loss < 700 else "inf"  # noqa: E731
     rows: list[tuple[str, str]] = []
     train_loss, train_ce = _last(log_history, "loss"), _last(log_history, "loss_ce")
     eval_loss, eval_ce = _last(log_history, "eval_loss"), _last(log_history, "eval_loss_ce")
@@ -628,15 +532,13 @@ def _metrics(log_history: list[dict[str, Any]]) -> list[tuple[str, str]]:
     if (mean := _last(log_history, "train_loss")) is not None:
         rows.append(("mean train loss (whole run)", f"{mean:.4f}"))
     if train_loss is not None or train_ce is not None:
-        ce = train_ce if train_ce is not None else train_loss
-        rows.append(("final train perplexity", _ppl(ce)))
+        rows.append(("final train perplexity", ppl(train_ce if train_ce is not None else train_loss)))
     if eval_loss is not None:
         rows.append(("final eval loss", f"{eval_loss:.4f}"))
-        rows.append(("final eval perplexity", _ppl(eval_ce if eval_ce is not None else eval_loss)))
+        rows.append(("final eval perplexity", ppl(eval_ce if eval_ce is not None else eval_loss)))
     for key, label in _EXTRA_METRICS:
         for prefix in ("", "eval_", "test_"):
-            value = _last(log_history, prefix + key)
-            if value is not None:
+            if (value := _last(log_history, prefix + key)) is not None:
                 rows.append((f"{prefix}{key} ({label})", f"{value:.4g}"))
     return rows
 
@@ -645,46 +547,34 @@ def _log_table(log_history: list[dict[str, Any]]) -> str:
     """A short markdown table of the loss curve (train and eval by step), at most a dozen rows."""
     by_step: dict[int, dict[str, float]] = {}
     for entry in log_history:
-        step = entry.get("step")
-        if step is None:
-            continue
-        row = by_step.setdefault(int(step), {})
-        for key in ("loss", "eval_loss"):
-            if key in entry:
-                row[key] = float(entry[key])
+        if entry.get("step") is not None:
+            row = by_step.setdefault(int(entry["step"]), {})
+            row.update({k: float(entry[k]) for k in ("loss", "eval_loss") if k in entry})
     steps = [s for s in sorted(by_step) if by_step[s]]
-    if not steps:
-        return ""
     if len(steps) > _MAX_LOG_ROWS:
-        picks = {steps[round(i * (len(steps) - 1) / (_MAX_LOG_ROWS - 1))] for i in range(_MAX_LOG_ROWS)}
-        steps = sorted(picks)
+        steps = sorted(
+            {steps[round(i * (len(steps) - 1) / (_MAX_LOG_ROWS - 1))] for i in range(_MAX_LOG_ROWS)}
+        )
     columns = [k for k in ("loss", "eval_loss") if any(k in by_step[s] for s in steps)]
+    if not columns:
+        return ""
     names = {"loss": "train loss", "eval_loss": "eval loss"}
     lines = ["| step | " + " | ".join(names[c] for c in columns) + " |", "| --- |" + " --- |" * len(columns)]
     for s in steps:
-        cells = [f"{by_step[s][c]:.4f}" if c in by_step[s] else "" for c in columns]
-        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {s} | "
+            + " | ".join(f"{by_step[s][c]:.4f}" if c in by_step[s] else "" for c in columns)
+            + " |"
+        )
     return "\n".join(lines)
 
 
 def _version(dist: str) -> str | None:
+    if dist == "hf-salt":
+        from hf_salt import __version__
+
+        return __version__
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def _hf_salt_version() -> str:
-    from hf_salt import __version__
-
-    return __version__
-
-
-def _framework_versions() -> list[tuple[str, str]]:
-    versions = [("hf-salt", _hf_salt_version())]
-    return versions + [(name, v) for name in _FRAMEWORKS if (v := _version(name)) is not None]
-
-
-def _is_main_process(trainer: Any) -> bool:
-    check = getattr(trainer, "is_world_process_zero", None)
-    return bool(check()) if callable(check) else True

@@ -1,14 +1,14 @@
-"""PEFT for the hf-salt trainers: `peft_config=` works as in TRL, with errors for what cannot work.
+"""PEFT for the hf-salt trainers: `peft_config=` works as in TRL's trainers, with the same refusals.
 
 The fused KD loss computes logits chunk by chunk from the decoder's hidden states and the output layer's
-*weight* (`model.get_output_embeddings().weight`), never calling the output layer's `forward`. Two PEFT
-set-ups would therefore be silently ignored by that loss, so they are refused when the loss reads the
-output layer (`reads_output_layer=True`):
-
-- an adapter (LoRA, IA3, LoHa, ...) on the output layer (`lm_head`, `embed_out`, ...): its low-rank
-  delta lives in the layer's `forward`, which the fused loss bypasses;
-- prompt learning (prompt/prefix/p-tuning): it edits the inputs inside `PeftModel.forward`, which the
-  fused loss bypasses as well.
+*weight* (`model.get_output_embeddings().weight`), never calling the output layer's `forward` or
+`PeftModel.forward`. Like TRL's distillation / GRPO trainers, hf-salt therefore refuses (when the loss reads
+the output layer, `reads_output_layer=True`) an adapter on the output layer and prompt learning, whose effect
+lives in exactly those `forward`s. TRL runs these checks inline in each trainer's `__init__`, after
+`get_peft_model` has already changed the user's model, and exposes no helper to call; what hf-salt adds is the
+refusal of a new `peft_config` *before* the model is touched (matched with PEFT's own rules, on whatever
+`get_output_embeddings()` returns: `lm_head`, `embed_out`, BERT's `cls.predictions.decoder`, ...), and adapters
+seeded from `args.seed`.
 
 Training the whole output layer with `modules_to_save=["lm_head"]` is fine: the wrapper exposes the
 trainable copy as `.weight`.
@@ -17,7 +17,6 @@ trainable copy as `.weight`.
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 import torch
@@ -31,14 +30,9 @@ __all__ = ["apply_peft", "output_layer_names"]
 
 def output_layer_names(model: torch.nn.Module) -> list[str]:
     """Qualified names of the module that `get_output_embeddings()` returns (`lm_head`, `embed_out`, ...)."""
-    base = model.get_base_model() if is_peft_model(model) else model
-    get = getattr(base, "get_output_embeddings", None)
+    get = getattr(model, "get_output_embeddings", None)  # a PeftModel forwards it to the wrapped model
     head = get() if callable(get) else None
-    if head is None:
-        return []
-    prefix = "" if base is model else _prefix_of(model, base)
-    names = [name for name, module in base.named_modules() if module is head or _wrapped(module) is head]
-    return [prefix + name for name in names] if names else []
+    return [name for name, module in model.named_modules() if module is head] if head is not None else []
 
 
 def apply_peft(
@@ -59,12 +53,12 @@ def apply_peft(
       embeddings still pass gradients to the checkpointed adapters.
     """
     if peft_config is None:
-        if is_peft_model(model):
-            _check_output_layer_untouched(model, reads_output_layer)
+        if is_peft_model(model) and reads_output_layer:
+            _refuse_bypassed_adapters(model)
         return model
 
     try:
-        from peft import PeftConfig, get_peft_model
+        from peft import PeftConfig, PromptLearningConfig, get_peft_model
     except ImportError as err:  # pragma: no cover - peft is a dependency of hf-salt
         raise ImportError("peft_config needs the `peft` package: pip install peft") from err
 
@@ -78,7 +72,7 @@ def apply_peft(
             "train the existing adapter, or call model.merge_and_unload() first to add a new one."
         )
     if reads_output_layer:
-        if getattr(peft_config, "is_prompt_learning", False):
+        if isinstance(peft_config, PromptLearningConfig):
             raise ValueError(
                 f"{peft_config.peft_type} (prompt learning) cannot be used with the fused KD loss: it edits the "
                 "inputs inside PeftModel.forward, which the fused loss does not call. Use LoRA (or another "
@@ -119,22 +113,6 @@ def apply_peft(
 
 
 # --------------------------------------------------------------------------- helpers
-def _wrapped(module: torch.nn.Module) -> torch.nn.Module | None:
-    """The layer inside a PEFT wrapper (LoRA layer, ModulesToSaveWrapper), else None."""
-    for attr in ("base_layer", "original_module"):
-        inner = module.__dict__.get("_modules", {}).get(attr)
-        if inner is not None:
-            return inner
-    return None
-
-
-def _prefix_of(root: torch.nn.Module, child: torch.nn.Module) -> str:
-    for name, module in root.named_modules():
-        if module is child:
-            return f"{name}." if name else ""
-    return ""
-
-
 def _targets(config: Any, name: str) -> bool:
     """Whether `config` would put an adapter on module `name` (PEFT's own matching rules)."""
     from peft.tuners.tuners_utils import check_target_module_exists
@@ -143,22 +121,19 @@ def _targets(config: Any, name: str) -> bool:
         found = check_target_module_exists(config, name)
         if found and type(found).__name__ != "_ExcludedModule":
             return True
-    for param in getattr(config, "target_parameters", None) or []:
-        if re.fullmatch(rf"(.*\.)?{re.escape(str(param))}", f"{name}.weight") or str(param) == name:
-            return True
-    return False
+    key = f"{name}.weight"  # PEFT matches target_parameters by the parameter's full name or a dotted suffix
+    return any(key == t or key.endswith(f".{t}") for t in getattr(config, "target_parameters", None) or [])
 
 
-def _check_output_layer_untouched(model: torch.nn.Module, reads_output_layer: bool) -> None:
-    """An existing PeftModel must not carry an adapter on the output layer when the fused loss reads it."""
-    if not reads_output_layer:
-        return
+def _refuse_bypassed_adapters(model: torch.nn.Module) -> None:
+    """TRL's check of an existing PeftModel: no adapter on the output layer, no prompt learning."""
+    from peft import PromptLearningConfig
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    config = next(iter(model.peft_config.values()), None)
-    if config is not None and getattr(config, "is_prompt_learning", False):
+    prompt = [c.peft_type for c in model.peft_config.values() if isinstance(c, PromptLearningConfig)]
+    if prompt:
         raise ValueError(
-            f"The PeftModel uses {config.peft_type} (prompt learning), which the fused KD loss bypasses. "
+            f"The PeftModel uses {prompt[0]} (prompt learning), which the fused KD loss bypasses. "
             "Use an adapter method such as LoRA, or turn the fused loss off."
         )
     head = model.get_output_embeddings()

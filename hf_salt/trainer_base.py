@@ -137,9 +137,9 @@ class TrainerBase(AtomicCheckpointMixin):
         super().save_model(output_dir, _internal_call=True)  # type: ignore[misc]
         from accelerate.utils import is_peft_model
 
-        from hf_salt.model_card import _unwrap
+        from hf_salt.model_card import unwrap
 
-        if not _internal_call and is_peft_model(_unwrap(self)) and self.is_world_process_zero():  # type: ignore[attr-defined]
+        if not _internal_call and is_peft_model(unwrap(self)) and self.is_world_process_zero():  # type: ignore[attr-defined]
             self.create_model_card(output_dir=output_dir or self.args.output_dir)  # type: ignore[attr-defined]
         if self.args.push_to_hub and not _internal_call:  # type: ignore[attr-defined]
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)  # type: ignore[attr-defined]

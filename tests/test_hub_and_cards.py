@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -199,3 +200,61 @@ def test_peft_save_model_writes_the_hf_salt_card(tmp_path) -> None:
     assert "[More Information Needed]" not in card.text  # PEFT's blank card is gone
     assert "**PEFT adapter** (LORA)" in card.text and "loads on top of\n`me/tiny-base`" in card.text
     assert "| n_KD (distillation steps) | 1 |" in card.text
+    assert f'from_pretrained("{adapter}")' in card.text  # the quick start loads the adapter folder
+
+
+def test_cli_grow_writes_the_hypercloning_card_with_the_weights(tmp_path, monkeypatch) -> None:
+    """The real `hf-salt grow` from a relative local folder that reads like a Hub id: the grown folder's card
+    states what the clone's own `config.hypercloning` records, and shows the source as a local folder."""
+    from transformers import AutoModelForCausalLM
+
+    build_model("llama-tiny", vocab_size=128, seed=0).save_pretrained(tmp_path / "models" / "small")
+    argv = [
+        str(HF_SALT), "grow", "models/small", "grown", "--width-multiplier", "2", "--ffn-multiplier", "3",
+        "--snr-db", "10", "--depth-multiplier", "2",
+    ]  # fmt: skip
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    dst = tmp_path / "grown"
+    facts = AutoModelForCausalLM.from_pretrained(dst).config.hypercloning
+    assert facts["source"] == "models/small" and facts["verified"] is True
+
+    card = ModelCard.load(dst / "README.md")
+    assert card.data.tags == ["hf-salt", "hypercloning"] and card.data.library_name == "transformers"
+    assert card.data.base_model is None  # a local folder is no Hub base model
+    text = card.text
+    for row in (
+        "| grown from | a local model (`small`) |",
+        f"| width multiplier | {facts['width_multiplier']} |",
+        f"| FFN multiplier | {facts['ffn_multiplier']} |",
+        f"| depth multiplier | {facts['depth_multiplier']} |",
+        f"| noise SNR (dB) | {facts['snr_db']:g} |",
+        "| checked against the source | yes |",
+    ):
+        assert row in text, row
+    diff = re.search(r"\| max \\\|logit difference\\\| on the 2 x 8 probe tokens \| (\S+) \|", text)
+    assert diff and float(diff.group(1)) == pytest.approx(facts["probe_max_logit_diff"], rel=1e-5)
+    assert "arXiv:2409.12903" in text and "Samragh" in text  # the citation
+    assert "not recorded" not in text and str(tmp_path) not in text and "hf.co" not in text
+    assert "Training hyperparameters" not in text  # grown, not trained: nothing to report
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    monkeypatch.chdir(tmp_path)  # the quick start names DST as it was given on the command line
+    scope: dict = {}
+    exec(code, scope)
+    assert scope["model"].config.hypercloning == facts
+
+
+def test_grow_writes_no_weights_without_their_card(tmp_path, monkeypatch, capsys) -> None:
+    """The card is part of the grown folder: when it cannot be written, the folder is not written either."""
+    import errno
+
+    import hf_salt.model_card
+    from hf_salt.cli.main import main
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "grown" / "README.md"))
+
+    monkeypatch.setattr(hf_salt.model_card, "render_model_card", full)
+    assert main(["grow", "llama-tiny", str(tmp_path / "grown"), "--snr-db", "10"]) == 1
+    assert "free some space" in capsys.readouterr().err  # the CLI's disk-full message
+    assert not (tmp_path / "grown").exists() and not list(tmp_path.glob(".grown.tmp-*"))

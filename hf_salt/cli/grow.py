@@ -1,7 +1,8 @@
 """`hf-salt grow SRC DST`: HyperClone a causal LM into a wider (and optionally deeper) one.
 
 SRC is a local model folder (or a hub id, or an hf-salt zoo preset); DST is written completely or not at
-all. The grown model is checked against the source before anything is written: the traced forward that
+all, with the hf-salt model card (README.md: the source, the multipliers, the noise, the check against the
+source and its logit difference, the paper). The grown model is checked against the source before anything is written: the traced forward that
 chooses the layouts gives the logit difference (it runs once; nothing is re-run for the summary line).
 """
 
@@ -130,6 +131,7 @@ def _load_source(src: str) -> tuple[Any, Any]:
 def run(args: GrowArguments) -> int:
     from hf_salt.checks import check_causal_lm, check_finite
     from hf_salt.hypercloning import UnverifiedCloneWarning, clone, save_pretrained_atomic
+    from hf_salt.model_card import render_model_card
 
     model, tokenizer = _load_source(args.src)
     check_causal_lm(model, f"SRC {args.src!r}")  # an encoder (BERT) folder without `architectures` loads too
@@ -166,7 +168,20 @@ def run(args: GrowArguments) -> int:
             print(f"{summary} > tolerance {args.tolerance:g}: NOT written.", file=sys.stderr)
             return 1
         summary += ", OK" if exact_dtype else ", reported (only float32 is checked)"
-    save_pretrained_atomic(grown, args.dst, tokenizer=tokenizer, overwrite=args.overwrite)
+    # the hf-salt card (source, multipliers, noise, the check): saved with the weights, or nothing is;
+    # a preset's clone records only its class as the source, so the card names the preset
+    preset = {"grown_from": f"the hf-salt zoo preset {args.src} (seed 0)"}
+    card = render_model_card(
+        grown,
+        method="hypercloning",
+        method_info=preset if args._is_preset() else {},
+        model_name=Path(args.dst).absolute().name,
+        model_path=args.dst,
+        has_tokenizer=tokenizer is not None,
+    )
+    save_pretrained_atomic(
+        grown, args.dst, tokenizer=tokenizer, overwrite=args.overwrite, files={"README.md": card}
+    )
     print(f"{summary}; saved to {args.dst}")
     return 0
 

@@ -146,16 +146,11 @@ def run(script: StepByStepScriptArguments, args: StepByStepCLIConfig) -> int:
 def _write_card(trainer: StepByStepTrainer, script: StepByStepScriptArguments, folder: Path) -> str:
     """The hf-salt card (output_dir/README.md, returned for the model folder), with the task data and where its
     rationales come from: the shipped sets carry the paper's PaLM-540B rationales, other data its own column."""
-    from hf_salt.model_card import write_model_card
-
     shipped = script.dataset.lower() in SHIPPED_DATASETS and not Path(script.dataset).exists()
     source = "PaLM-540B (the paper's released rationales)" if shipped else "the data's `rationale` column"
-    return write_model_card(
-        trainer,
-        method=trainer.card_method(),
-        method_info={**trainer.method_info(), "dataset": script.dataset, "rationale_source": source},
+    return trainer.create_model_card(
         model_name=Path(trainer.args.output_dir).name,
-        tags=list(trainer._tag_names),
+        extra_info={"dataset": script.dataset, "rationale_source": source},
         model_path=str(folder),
     )
 
