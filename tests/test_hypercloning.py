@@ -493,7 +493,7 @@ def test_negative_or_non_finite_snr_is_refused_before_work(snr: float, monkeypat
 
 def test_from_pretrained_says_no_such_folder(tmp_path) -> None:
     for missing in (tmp_path / "nope", str(tmp_path / "a" / "b"), "./not-here/model"):
-        with pytest.raises(FileNotFoundError, match="no such folder"):
+        with pytest.raises(FileNotFoundError, match="no such local folder"):
             hc.from_pretrained(missing, 2, snr_db=10.0)
 
 
