@@ -5,7 +5,7 @@ step with ``SALTTrainer`` and scored with ``score_dataset``, against the model's
     python benchmarks/salt_matrix.py --write-docs        # refresh the table in docs/salt.md
     python benchmarks/salt_matrix.py llama gemma2        # some types only
 
-Each row builds the type with HyperCloning's tiny builder (``hf_salt.hypercloning.tiny.tiny_config``: the default
+Each row builds the type with the matrices' tiny builder (``tiny_models.tiny_config``, beside this script: the default
 config, every width/depth/vocabulary field shrunk), fp32, with every dropout / layer-drop / router-jitter field
 at 0 (so a training-mode forward is deterministic) and every output-side multiplier, logit scale and soft-cap
 moved away from its default (:func:`away_from_defaults`). The teacher is an exact copy of the student. Checks:
@@ -89,7 +89,7 @@ class Row:
 
 
 def causal_lm_types() -> list[str]:
-    from hf_salt.hypercloning.coverage import causal_lm_types as types
+    from hypercloning_coverage import causal_lm_types as types
 
     return types()
 
@@ -163,9 +163,8 @@ _ALSO_TINY = {"emb_dim": 32, "linear_head_dim": 8, "linear_num_heads": 4}
 
 def _tiny_config_fixed(model_type: str) -> Any:
     """``tiny_config`` with :data:`_BUILDER_FIXES` applied to the builder's overrides."""
+    from tiny_models import _overrides
     from transformers import AutoConfig
-
-    from hf_salt.hypercloning.tiny import _overrides
 
     overrides = _overrides(AutoConfig.for_model(model_type).to_dict())
     overrides.pop("layer_types", None)
@@ -177,12 +176,11 @@ def _tiny_config_fixed(model_type: str) -> Any:
 
 
 def build(model_type: str, seed: int = 0, away: bool = True) -> tuple[Any, dict[str, Any]]:
-    """The tiny fp32 causal LM of ``model_type`` (HyperCloning's builder) with :func:`away_from_defaults`
+    """The tiny fp32 causal LM of ``model_type`` (the matrices' builder, ``tiny_models``) with :func:`away_from_defaults`
     applied to its config before the weights are made; returns the model (eval mode) and what was changed.
     ``away=False``: only the ``+router-aux`` switch, the config otherwise as the builder makes it."""
+    from tiny_models import randomise, tiny_config
     from transformers import AutoModelForCausalLM
-
-    from hf_salt.hypercloning.tiny import randomise, tiny_config
 
     base, router_aux = (model_type[: -len(AUX)], True) if model_type.endswith(AUX) else (model_type, False)
     config = _tiny_config_fixed(base) if base in _BUILDER_FIXES else tiny_config(base)

@@ -526,7 +526,7 @@ def test_bad_tolerance_is_refused() -> None:
 def test_skipping_verification_gives_the_same_clone(model_type: str) -> None:
     """verify=False used to keep the first layout candidates: wrong fused sections (GPT-2 c_attn, Falcon-H1's
     Mamba in_proj) and Gemma's sqrt(hidden) embedding scale uncompensated. The layouts no longer depend on it."""
-    from hf_salt.hypercloning.tiny import build_tiny
+    from tiny_models import build_tiny
 
     src = build_tiny(model_type)
     checked = _clone(src, 2)

@@ -2,15 +2,15 @@
 
 Rows come from ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`` at test time, so a new transformers release shows up as
 new rows. Each row builds the type tiny in fp32, grows it 2x and 3x wide, saves and reloads it with
-``AutoModelForCausalLM`` and compares logits on a padded batch (``hf_salt.hypercloning.coverage.run_row``).
+``AutoModelForCausalLM`` and compares logits on a padded batch (``benchmarks/hypercloning_coverage.py``, ``run_row``).
 """
 
 from __future__ import annotations
 
 import pytest
+from hypercloning_coverage import causal_lm_types, run_row
 
 from hf_salt.hypercloning import REASONS
-from hf_salt.hypercloning.coverage import causal_lm_types, run_row
 
 # families people pretrain and grow today: these must stay exact
 MUST_BE_EXACT = {
@@ -66,3 +66,16 @@ def test_every_causal_lm_type_grows_exactly_or_is_refused(model_type: str) -> No
         assert model_type not in MUST_BE_EXACT, f"{model_type} refused: {row.reason}: {row.detail}"
     else:
         assert row.max_diff <= 1e-5
+
+
+def test_the_matrix_tooling_is_not_shipped() -> None:
+    """The tiny builders and this matrix are the project's tooling (benchmarks/), not modules of the wheel."""
+    import importlib.util
+
+    import hypercloning_coverage
+    import tiny_models
+
+    for module in (hypercloning_coverage, tiny_models):
+        assert "hf_salt" not in module.__name__ and module.__file__.split("/")[-2] == "benchmarks"
+    for name in ("hf_salt.hypercloning.coverage", "hf_salt.hypercloning.tiny"):
+        assert importlib.util.find_spec(name) is None, name

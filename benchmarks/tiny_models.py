@@ -1,6 +1,8 @@
 """Tiny random models of any registered causal-LM type, built from the default config, shrunk generically.
 
-The coverage matrix (``coverage.py``, ``tests/test_hypercloning_matrix.py``) grows one of these per model type.
+The model-type matrices (``hypercloning_coverage.py`` and ``salt_matrix.py`` beside this file, run by
+``tests/test_hypercloning_matrix.py`` and ``tests/test_salt_matrix.py``) build one of these per model type; some
+tests build them too. Project tooling, not shipped in the wheel.
 Default configs are often full size; every width, depth, vocabulary, expert and state field found in the
 config (and its sub-configs) is shrunk so that each model builds in milliseconds.
 """
