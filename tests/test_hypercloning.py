@@ -211,6 +211,19 @@ def test_untie_a_tied_model(name: str, tmp_path) -> None:
     assert hc.verify(src, T.AutoModelForCausalLM.from_pretrained(tmp_path)) <= ATOL
 
 
+def test_grown_config_reads_one_table_of_sizes() -> None:
+    """Every field of the growth's table grows by its role: XLNet's MLP (`d_inner`) by m, OPT's embedding
+    projection by n only where it equals the hidden size (the tiny test builder shrinks the same fields)."""
+    from hf_salt.hypercloning.config_growth import FFN, FIELD_ROLES, grow_config
+
+    assert FIELD_ROLES["d_inner"] == FFN
+    xlnet = grow_config(T.XLNetConfig(d_model=32, n_head=4, d_inner=48, n_layer=2), 2, 3)
+    assert (xlnet.d_model, xlnet.n_head, xlnet.d_inner) == (64, 8, 144)
+    for proj, grown in ((32, 64), (16, 16)):
+        opt = T.OPTConfig(hidden_size=32, ffn_dim=48, num_attention_heads=4, word_embed_proj_dim=proj)
+        assert grow_config(opt, 2, 2).word_embed_proj_dim == grown
+
+
 def test_cannot_tie_an_untied_model() -> None:
     with pytest.raises(ValueError, match="not tied"):
         hc.clone(_source("qwen2-bias"), 2, snr_db=1.0, tie_word_embeddings=True)

@@ -79,3 +79,37 @@ def test_the_matrix_tooling_is_not_shipped() -> None:
         assert "hf_salt" not in module.__name__ and module.__file__.split("/")[-2] == "benchmarks"
     for name in ("hf_salt.hypercloning.coverage", "hf_salt.hypercloning.tiny"):
         assert importlib.util.find_spec(name) is None, name
+
+
+def test_the_tiny_builder_shrinks_every_size_the_growth_grows() -> None:
+    """The matrices' tiny models read the growth's own table (`FIELD_ROLES`): no width, MLP or head field of a
+    text config is left at full size (a field the growth learns is shrunk for every type at once)."""
+    import warnings
+
+    from tiny_models import HIDDEN, tiny_config
+    from transformers import PretrainedConfig
+
+    from hf_salt.hypercloning.config_growth import FIELD_ROLES, SKIP_SUBCONFIGS
+
+    built, large = 0, {}
+    for model_type in TYPES:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                config = tiny_config(model_type)
+        except Exception:  # listed as not-built-here by the matrix itself
+            continue
+        built += 1
+        subs = [
+            v for k, v in vars(config).items() if isinstance(v, PretrainedConfig) and k not in SKIP_SUBCONFIGS
+        ]
+        for c in (config, *subs):
+            for key, value in vars(c).items():
+                if (
+                    key in FIELD_ROLES
+                    and isinstance(value, int)
+                    and not isinstance(value, bool)
+                    and value > 2 * HIDDEN
+                ):
+                    large[f"{model_type}.{key}"] = value
+    assert built > 180 and large == {}
