@@ -5,7 +5,7 @@ step with ``SALTTrainer`` and scored with ``score_dataset``, against the model's
     python benchmarks/salt_matrix.py --write-docs        # refresh the table in docs/salt.md
     python benchmarks/salt_matrix.py llama gemma2        # some types only
 
-Each row builds the type with HyperCloning's tiny builder (``hf_salt.hypercloning.tiny.tiny_config``: the default
+Each row builds the type with the matrices' tiny builder (``tiny_models.tiny_config``, beside this script: the default
 config, every width/depth/vocabulary field shrunk), fp32, with every dropout / layer-drop / router-jitter field
 at 0 (so a training-mode forward is deterministic) and every output-side multiplier, logit scale and soft-cap
 moved away from its default (:func:`away_from_defaults`). The teacher is an exact copy of the student. Checks:
@@ -89,7 +89,7 @@ class Row:
 
 
 def causal_lm_types() -> list[str]:
-    from hf_salt.hypercloning.coverage import causal_lm_types as types
+    from hypercloning_coverage import causal_lm_types as types
 
     return types()
 
@@ -149,46 +149,15 @@ def away_from_defaults(config: Any, router_aux: bool = False) -> dict[str, Any]:
     return changed
 
 
-# types the builder's generic shrinking cannot build: the fields it gets wrong, given here (the builder's own
-# layer list is dropped, so the config makes a consistent one)
-_BUILDER_FIXES: dict[str, dict[str, Any]] = {
-    # Dory: input + recurrent + output layer counts must add up to num_hidden_layers
-    "dory": {"num_hidden_layers": 4, "n_input_layers": 1, "n_recurrent_layers": 2, "n_output_layers": 1},
-}
-
-
-# widths the builder does not know (XLM: 100M parameters; Kimi-Linear: 32 x 128 delta-rule heads, 25 s a row)
-_ALSO_TINY = {"emb_dim": 32, "linear_head_dim": 8, "linear_num_heads": 4}
-
-
-def _tiny_config_fixed(model_type: str) -> Any:
-    """``tiny_config`` with :data:`_BUILDER_FIXES` applied to the builder's overrides."""
-    from transformers import AutoConfig
-
-    from hf_salt.hypercloning.tiny import _overrides
-
-    overrides = _overrides(AutoConfig.for_model(model_type).to_dict())
-    overrides.pop("layer_types", None)
-    config = AutoConfig.for_model(model_type, **{**overrides, **_BUILDER_FIXES[model_type]})
-    for c in _configs(config):
-        with contextlib.suppress(Exception):
-            c._attn_implementation = "eager"
-    return config
-
-
 def build(model_type: str, seed: int = 0, away: bool = True) -> tuple[Any, dict[str, Any]]:
-    """The tiny fp32 causal LM of ``model_type`` (HyperCloning's builder) with :func:`away_from_defaults`
+    """The tiny fp32 causal LM of ``model_type`` (the matrices' builder, ``tiny_models``) with :func:`away_from_defaults`
     applied to its config before the weights are made; returns the model (eval mode) and what was changed.
     ``away=False``: only the ``+router-aux`` switch, the config otherwise as the builder makes it."""
+    from tiny_models import randomise, tiny_config
     from transformers import AutoModelForCausalLM
 
-    from hf_salt.hypercloning.tiny import randomise, tiny_config
-
     base, router_aux = (model_type[: -len(AUX)], True) if model_type.endswith(AUX) else (model_type, False)
-    config = _tiny_config_fixed(base) if base in _BUILDER_FIXES else tiny_config(base)
-    for key, tiny in _ALSO_TINY.items():
-        if isinstance(getattr(config, key, None), int) and getattr(config, key) > tiny:
-            setattr(config, key, tiny)
+    config = tiny_config(base)
     if away:
         changed = away_from_defaults(config, router_aux)
     else:

@@ -17,14 +17,26 @@ from typing import Any
 
 
 # --------------------------------------------------------------------------------------------------- outputs
-def check_writable(path: str | os.PathLike, what: str = "the output") -> None:
-    """Raise unless `path` could be created (or replaced) by this process.
+def check_writable(
+    path: str | os.PathLike,
+    what: str = "the output",
+    *,
+    overwrite: bool = True,
+    overwrite_flag: str = "--overwrite_output_dir",
+) -> None:
+    """Raise unless `path` could be created (or replaced) by this process; with ``overwrite=False`` an existing
+    folder must also be empty (`overwrite_flag` is the option the message names).
 
     Called before any work, so a typo in an output path costs seconds, not a finished training run.
     """
     path = Path(path).expanduser().absolute()
     if path.exists() and not path.is_dir():
         raise ValueError(f"{what} {str(path)!r} is a file, not a folder: choose another path.")
+    if not overwrite and path.is_dir() and any(path.iterdir()):
+        raise ValueError(
+            f"{what} {str(path)!r} exists and is not empty: choose another folder, or pass {overwrite_flag} "
+            "to replace it."
+        )
     ancestor = path if path.exists() else path.parent
     while not ancestor.exists():
         ancestor = ancestor.parent
@@ -66,8 +78,11 @@ def check_no_finished_run(
 
 
 # --------------------------------------------------------------------------------------------------- models
-def looks_like_local_path(name: str) -> bool:
-    """True for names that cannot be Hub repo ids (`org/name`): several slashes, ./ ../ ~ /, backslashes."""
+def looks_like_local_path(name: str | os.PathLike) -> bool:
+    """True for what cannot be a Hub repo id (`org/name`): a `Path`, a name starting with `.` `/` `~`
+    (`./`, `../`), one with backslashes or several slashes, a Windows drive."""
+    if not isinstance(name, str):
+        return isinstance(name, os.PathLike)
     return (
         name.startswith((".", "/", "~"))
         or "\\" in name
@@ -76,22 +91,28 @@ def looks_like_local_path(name: str) -> bool:
     )
 
 
-def check_model_path(name_or_path: str, what: str = "the model") -> None:
-    """Raise a clear error for a local path that does not exist, instead of the Hub's repo-id error."""
-    if not isinstance(name_or_path, str):
+def check_model_path(name_or_path: str | os.PathLike, what: str = "the model") -> None:
+    """Raise a clear error for a local path that does not exist, instead of the Hub's repo-id error; an existing
+    folder must be one `save_pretrained` wrote (a config.json that parses, a weights file)."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"{what} must be a model or a path string, got {type(name_or_path).__name__}.")
-    path = Path(name_or_path).expanduser()
+    name = os.fspath(name_or_path)
+    path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise ValueError(f"{what} {name_or_path!r} is a file; give the model's folder.")
+            raise ValueError(
+                f"{what} {name!r} is a file, not a model folder: give the folder save_pretrained wrote."
+            )
         if not (path / "config.json").is_file():
             raise ValueError(
-                f"{what} {name_or_path!r} has no config.json: it is not a folder written by save_pretrained."
+                f"{what} {name!r} has no config.json: it is not a folder written by save_pretrained."
             )
         check_model_folder(path, what)
         return
     if looks_like_local_path(name_or_path):
-        raise FileNotFoundError(f"{what} {name_or_path!r} does not exist (no such local folder).")
+        raise FileNotFoundError(
+            f"{what} {name!r} does not exist (no such local folder): give a model folder or a Hub id."
+        )
 
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")

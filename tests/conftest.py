@@ -1,6 +1,14 @@
 """Test-wide settings: offline, deterministic, one thread per xdist worker (CI has 2 cores)."""
 
 import os
+import sys
+from pathlib import Path
+
+# the tiny model builders and the model-type matrices are project tooling in benchmarks/, not in the wheel:
+# tests import them as `tiny_models` and `hypercloning_coverage` (appended, so nothing installed is shadowed)
+BENCHMARKS = str(Path(__file__).resolve().parent.parent / "benchmarks")
+if BENCHMARKS not in sys.path:
+    sys.path.append(BENCHMARKS)
 
 for key, value in {
     "HF_HUB_OFFLINE": "1",

@@ -211,6 +211,19 @@ def test_untie_a_tied_model(name: str, tmp_path) -> None:
     assert hc.verify(src, T.AutoModelForCausalLM.from_pretrained(tmp_path)) <= ATOL
 
 
+def test_grown_config_reads_one_table_of_sizes() -> None:
+    """Every field of the growth's table grows by its role: XLNet's MLP (`d_inner`) by m, OPT's embedding
+    projection by n only where it equals the hidden size (the tiny test builder shrinks the same fields)."""
+    from hf_salt.hypercloning.config_growth import FFN, FIELD_ROLES, grow_config
+
+    assert FIELD_ROLES["d_inner"] == FFN
+    xlnet = grow_config(T.XLNetConfig(d_model=32, n_head=4, d_inner=48, n_layer=2), 2, 3)
+    assert (xlnet.d_model, xlnet.n_head, xlnet.d_inner) == (64, 8, 144)
+    for proj, grown in ((32, 64), (16, 16)):
+        opt = T.OPTConfig(hidden_size=32, ffn_dim=48, num_attention_heads=4, word_embed_proj_dim=proj)
+        assert grow_config(opt, 2, 2).word_embed_proj_dim == grown
+
+
 def test_cannot_tie_an_untied_model() -> None:
     with pytest.raises(ValueError, match="not tied"):
         hc.clone(_source("qwen2-bias"), 2, snr_db=1.0, tie_word_embeddings=True)
@@ -493,7 +506,7 @@ def test_negative_or_non_finite_snr_is_refused_before_work(snr: float, monkeypat
 
 def test_from_pretrained_says_no_such_folder(tmp_path) -> None:
     for missing in (tmp_path / "nope", str(tmp_path / "a" / "b"), "./not-here/model"):
-        with pytest.raises(FileNotFoundError, match="no such folder"):
+        with pytest.raises(FileNotFoundError, match="no such local folder"):
             hc.from_pretrained(missing, 2, snr_db=10.0)
 
 
@@ -526,7 +539,7 @@ def test_bad_tolerance_is_refused() -> None:
 def test_skipping_verification_gives_the_same_clone(model_type: str) -> None:
     """verify=False used to keep the first layout candidates: wrong fused sections (GPT-2 c_attn, Falcon-H1's
     Mamba in_proj) and Gemma's sqrt(hidden) embedding scale uncompensated. The layouts no longer depend on it."""
-    from hf_salt.hypercloning.tiny import build_tiny
+    from tiny_models import build_tiny
 
     src = build_tiny(model_type)
     checked = _clone(src, 2)

@@ -110,7 +110,33 @@ def test_grow_refuses_bad_numbers(src_dir, tmp_path, capsys, flags, message, mon
 def test_grow_missing_source_says_no_such_folder(tmp_path, capsys) -> None:
     assert main(["grow", str(tmp_path / "missing" / "model"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "no such folder" in err and "repo" not in err.lower()
+    assert "no such local folder" in err and "repo" not in err.lower()
+
+
+@pytest.mark.parametrize(
+    "name", ["./not-here", "~/not/here", "a/b/c", "C:\\models\\not-here", "models\\not-here"]
+)
+def test_grow_reads_a_path_with_the_library_s_one_rule(name, tmp_path, capsys, monkeypatch) -> None:
+    """`hf-salt grow`, `hypercloning.from_pretrained` and the other commands share `hf_salt.checks`: a name that
+    cannot be a Hub id (backslashes, a drive, several slashes) is a missing folder, refused before any loading."""
+    import hf_salt.hypercloning.core as core
+    from hf_salt.checks import looks_like_local_path
+
+    monkeypatch.setattr(core.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("loaded"))
+    assert looks_like_local_path(name)
+    assert main(["grow", name, str(tmp_path / "out")]) == 2
+    assert f"SRC {name!r} does not exist (no such local folder" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="the source model .* does not exist"):
+        hc.from_pretrained(name, 2)
+
+
+def test_grow_names_the_overwrite_flag(src_dir, tmp_path, capsys) -> None:
+    """A full DST is refused by the same check as every command's output folder, naming grow's own flag."""
+    path, _ = src_dir
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    assert main(["grow", str(path), str(tmp_path / "full")]) == 2
+    assert "DST" in (err := capsys.readouterr().err) and "pass --overwrite to replace it" in err
 
 
 def test_grow_checks_the_output_folder_before_any_work(src_dir, tmp_path, capsys, monkeypatch) -> None:

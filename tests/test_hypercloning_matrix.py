@@ -2,15 +2,15 @@
 
 Rows come from ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`` at test time, so a new transformers release shows up as
 new rows. Each row builds the type tiny in fp32, grows it 2x and 3x wide, saves and reloads it with
-``AutoModelForCausalLM`` and compares logits on a padded batch (``hf_salt.hypercloning.coverage.run_row``).
+``AutoModelForCausalLM`` and compares logits on a padded batch (``benchmarks/hypercloning_coverage.py``, ``run_row``).
 """
 
 from __future__ import annotations
 
 import pytest
+from hypercloning_coverage import causal_lm_types, run_row
 
 from hf_salt.hypercloning import REASONS
-from hf_salt.hypercloning.coverage import causal_lm_types, run_row
 
 # families people pretrain and grow today: these must stay exact
 MUST_BE_EXACT = {
@@ -66,3 +66,50 @@ def test_every_causal_lm_type_grows_exactly_or_is_refused(model_type: str) -> No
         assert model_type not in MUST_BE_EXACT, f"{model_type} refused: {row.reason}: {row.detail}"
     else:
         assert row.max_diff <= 1e-5
+
+
+def test_the_matrix_tooling_is_not_shipped() -> None:
+    """The tiny builders and this matrix are the project's tooling (benchmarks/), not modules of the wheel."""
+    import importlib.util
+
+    import hypercloning_coverage
+    import tiny_models
+
+    for module in (hypercloning_coverage, tiny_models):
+        assert "hf_salt" not in module.__name__ and module.__file__.split("/")[-2] == "benchmarks"
+    for name in ("hf_salt.hypercloning.coverage", "hf_salt.hypercloning.tiny"):
+        assert importlib.util.find_spec(name) is None, name
+
+
+def test_the_tiny_builder_shrinks_every_size_the_growth_grows() -> None:
+    """The matrices' tiny models read the growth's own table (`FIELD_ROLES`): no width, MLP or head field of a
+    text config is left at full size (a field the growth learns is shrunk for every type at once)."""
+    import warnings
+
+    from tiny_models import HIDDEN, tiny_config
+    from transformers import PretrainedConfig
+
+    from hf_salt.hypercloning.config_growth import FIELD_ROLES, SKIP_SUBCONFIGS
+
+    built, large = 0, {}
+    for model_type in TYPES:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                config = tiny_config(model_type)
+        except Exception:  # listed as not-built-here by the matrix itself
+            continue
+        built += 1
+        subs = [
+            v for k, v in vars(config).items() if isinstance(v, PretrainedConfig) and k not in SKIP_SUBCONFIGS
+        ]
+        for c in (config, *subs):
+            for key, value in vars(c).items():
+                if (
+                    key in FIELD_ROLES
+                    and isinstance(value, int)
+                    and not isinstance(value, bool)
+                    and value > 2 * HIDDEN
+                ):
+                    large[f"{model_type}.{key}"] = value
+    assert built > 180 and large == {}

@@ -11,10 +11,10 @@ import copy
 
 import pytest
 import torch
+from tiny_models import randomise, tiny_config
 from transformers import AutoModelForCausalLM
 
 from hf_salt import SALTConfig, SALTTrainer
-from hf_salt.hypercloning.tiny import randomise, tiny_config
 
 
 def _tiny(model_type: str, **overrides) -> torch.nn.Module:

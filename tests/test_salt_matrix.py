@@ -2,7 +2,7 @@
 and logits, or is refused by name.
 
 Rows come from ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`` at test time (plus a ``+router-aux`` row per MoE type).
-Each row builds the type tiny with HyperCloning's builder, dropout off, output multipliers / logit scales /
+Each row builds the type tiny with the matrices' builder (``benchmarks/tiny_models.py``), dropout off, output multipliers / logit scales /
 soft-caps away from their defaults, the teacher an exact copy; one ``SALTTrainer`` step, an evaluation and a
 ``score_dataset`` pass are compared with the model's own loss and logits (``benchmarks/salt_matrix.py``,
 which also writes the table in ``docs/salt.md``).

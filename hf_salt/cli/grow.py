@@ -77,7 +77,8 @@ class GrowArguments:
     overwrite: bool = field(default=False, metadata={"help": "Replace DST if it exists."})
 
     def __post_init__(self) -> None:
-        from hf_salt.hypercloning.validation import check_grow_args, check_output_folder, check_source_folder
+        from hf_salt.checks import check_model_path, check_writable
+        from hf_salt.hypercloning.validation import check_grow_args
 
         try:
             check_grow_args(
@@ -94,8 +95,10 @@ class GrowArguments:
             ) from err
         parse_dtype(self.dtype, "--dtype")
         if not self._is_preset():
-            check_source_folder(self.src)
-        check_output_folder(self.dst, self.overwrite)  # before any loading or growing
+            check_model_path(self.src, "SRC")
+        check_writable(
+            self.dst, "DST", overwrite=self.overwrite, overwrite_flag="--overwrite"
+        )  # before any work
 
     def _is_preset(self) -> bool:
         if Path(self.src).exists():

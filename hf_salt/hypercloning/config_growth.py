@@ -13,76 +13,113 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-# hidden-size fields: x n
-WIDTH_KEYS = frozenset(
-    {
-        "hidden_size",
-        "n_embd",
-        "d_model",
-        "embed_dim",
-        "n_embed",
-        "model_dim",
-        "embedding_dim",
-        "embedding_size",
-        "attention_hidden_size",
-        "mamba_d_ssm",
-        "projector_output_dim",
-        "out_hidden_size",
-        "emb_dim",  # XLM's hidden size
-    }
+# One table of the config fields HyperCloning grows, by what each one sizes: `grow_config` multiplies them by
+# their role, and the tiny models of the project's matrices (benchmarks/tiny_models.py) shrink the same fields by
+# the same roles, so the list of widths is written once.
+WIDTH, EMBED_PROJ, FFN, EXPERT_FFN, HEADS, GROUPS = (
+    "width",
+    "embed_proj",
+    "ffn",
+    "expert_ffn",
+    "heads",
+    "groups",
 )
-# MLP-width fields: x m
-FFN_KEYS = frozenset(
-    {
-        "intermediate_size",
-        "ffn_dim",
-        "n_inner",
-        "ffn_hidden_size",
-        "decoder_ffn_dim",
-        "encoder_ffn_dim",
-        "d_ff",
-        "dim_ff",
-        "inner_hidden_size",
-        "filter_size",
-        "moe_intermediate_size",
-        "shared_expert_intermediate_size",
-        "expert_intermediate_size",
-        "expert_ffn_hidden_size",
-        "moe_ffn_hidden_size",
-        "shared_intermediate_size",
-        "intermediate_size_mlp",
-    }
-)
-# head counts: x n (the head size is kept, so every 1/sqrt(head_dim) and RoPE table stays the same)
-HEAD_KEYS = frozenset(
-    {
-        "num_attention_heads",
-        "n_head",
-        "num_heads",
-        "n_heads",
-        "decoder_attention_heads",
-        "encoder_attention_heads",
-        "mamba_n_heads",
-        "mamba_num_heads",
-        "n_mamba_heads",
-        "linear_num_key_heads",
-        "linear_num_value_heads",
-    }
-)
-# kv-head and group counts: x n, except a single shared one (MQA, one SSM group) which stays single
-GROUP_KEYS = frozenset(
-    {
-        "num_key_value_heads",
-        "n_head_kv",
-        "num_kv_heads",
-        "multi_query_group_num",
-        "kv_n_heads",
-        "num_query_groups",
-        "n_groups",
-        "mamba_n_groups",
-        "mamba_ngroups",
-    }
-)
+FIELD_ROLES: dict[str, str] = {
+    # hidden sizes: x n
+    **dict.fromkeys(
+        (
+            "hidden_size",
+            "n_embd",
+            "d_model",
+            "embed_dim",
+            "n_embed",
+            "model_dim",
+            "embedding_dim",
+            "embedding_size",
+            "attention_hidden_size",
+            "mamba_d_ssm",
+            "projector_output_dim",
+            "out_hidden_size",
+            "emb_dim",  # XLM's hidden size
+        ),
+        WIDTH,
+    ),
+    # an embedding projection: x n only where it equals the hidden size (OPT without a projection)
+    "word_embed_proj_dim": EMBED_PROJ,
+    # MLP widths: x m
+    **dict.fromkeys(
+        (
+            "intermediate_size",
+            "ffn_dim",
+            "n_inner",
+            "ffn_hidden_size",
+            "decoder_ffn_dim",
+            "encoder_ffn_dim",
+            "d_ff",
+            "dim_ff",
+            "d_inner",  # XLNet's
+            "inner_hidden_size",
+            "filter_size",
+            "intermediate_size_mlp",
+        ),
+        FFN,
+    ),
+    # expert and shared-expert MLP widths: x m
+    **dict.fromkeys(
+        (
+            "moe_intermediate_size",
+            "shared_expert_intermediate_size",
+            "expert_intermediate_size",
+            "expert_ffn_hidden_size",
+            "moe_ffn_hidden_size",
+            "shared_intermediate_size",
+        ),
+        EXPERT_FFN,
+    ),
+    # head counts: x n (the head size is kept, so every 1/sqrt(head_dim) and RoPE table stays the same)
+    **dict.fromkeys(
+        (
+            "num_attention_heads",
+            "n_head",
+            "num_heads",
+            "n_heads",
+            "decoder_attention_heads",
+            "encoder_attention_heads",
+            "mamba_n_heads",
+            "mamba_num_heads",
+            "n_mamba_heads",
+            "linear_num_key_heads",
+            "linear_num_value_heads",
+        ),
+        HEADS,
+    ),
+    # kv-head and group counts: x n, except a single shared one (MQA, one SSM group) which stays single
+    **dict.fromkeys(
+        (
+            "num_key_value_heads",
+            "n_head_kv",
+            "num_kv_heads",
+            "multi_query_group_num",
+            "kv_n_heads",
+            "num_query_groups",
+            "n_groups",
+            "mamba_n_groups",
+            "mamba_ngroups",
+        ),
+        GROUPS,
+    ),
+}
+
+
+def _fields(*roles: str) -> frozenset[str]:
+    return frozenset(key for key, role in FIELD_ROLES.items() if role in roles)
+
+
+WIDTH_KEYS = _fields(WIDTH)
+FFN_KEYS = _fields(FFN, EXPERT_FFN)
+HEAD_KEYS = _fields(HEADS)
+GROUP_KEYS = _fields(GROUPS)
+EMBED_PROJ_KEYS = _fields(EMBED_PROJ)
 # sizes computed from the hidden size when left unset: written explicitly so they do not grow by n
 KEEP_DERIVED = ("head_dim", "time_step_rank", "dt_rank")
 TEXT_SUBCONFIGS = ("text_config", "attn_config", "ffn_config", "decoder", "language_config", "llm_config")
@@ -129,8 +166,9 @@ def _grow_one(config: PretrainedConfig, n: int, m: int) -> None:
             setattr(config, key, _times(value, n))
     if "n_inner" in fields and fields["n_inner"] is None and hidden:
         config.n_inner = 4 * hidden * m  # GPT-2 style: None means 4 x hidden
-    if fields.get("word_embed_proj_dim") == hidden and hidden:
-        config.word_embed_proj_dim = hidden * n  # OPT without a projection: the embedding grows
+    for key in EMBED_PROJ_KEYS:  # OPT without a projection: the embedding grows with the hidden size
+        if hidden and fields.get(key) == hidden:
+            setattr(config, key, hidden * n)
 
 
 def grow_config(config: PretrainedConfig, n: int, m: int) -> PretrainedConfig:

@@ -19,13 +19,13 @@ from typing import Any, Literal
 import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-from hf_salt.checks import check_finite
+from hf_salt.checks import check_finite, check_model_path
 from hf_salt.zoo import parse_dtype
 
 from . import engine
 from .probe import probe_inputs, trace
 from .refusals import HyperCloningRefused, UnverifiedCloneWarning
-from .validation import check_grow_args, check_source_folder, check_tolerance
+from .validation import check_grow_args, check_tolerance
 
 DepthMode = Literal["interleave", "append"]
 _ALIBI_TYPES = frozenset({"bloom"})  # families whose attention is always ALiBi (no config switch)
@@ -371,8 +371,8 @@ def grow_depth(
 
 
 def load_source(src: str | os.PathLike, **from_pretrained_kwargs: Any) -> PreTrainedModel:
-    """``AutoModelForCausalLM.from_pretrained`` that says "no such folder" for a missing local path."""
-    check_source_folder(src)
+    """``AutoModelForCausalLM.from_pretrained`` that says "no such local folder" for a missing local path."""
+    check_model_path(src, "the source model")
     from_pretrained_kwargs.setdefault("dtype", "auto")
     from hf_salt.checks import naming_corrupt_files
 

@@ -1,11 +1,12 @@
-"""Argument checks shared by the Python API and ``hf-salt grow``: one rule, one message, before any work."""
+"""Argument checks shared by the Python API and ``hf-salt grow``: one rule, one message, before any work.
+
+Paths (the source model, the output folder) are checked by :mod:`hf_salt.checks`, as in every other command.
+"""
 
 from __future__ import annotations
 
 import math
 import numbers
-import os
-from pathlib import Path
 from typing import Any
 
 DEPTH_MODES = ("interleave", "append")
@@ -67,51 +68,3 @@ def check_grow_args(
     check_depth_mode(depth_mode)
     check_tolerance(tolerance)
     return n, m, depth, check_snr_db(snr_db)
-
-
-def looks_like_local_path(src: str | os.PathLike) -> bool:
-    """A path (not a Hub repo id): absolute, relative with ``./`` ``../`` ``~``, or with more than one ``/``."""
-    text = os.fspath(src)
-    return (
-        isinstance(src, Path)
-        or text.startswith(("/", "./", "../", "~", "."))
-        or text.count("/") > 1
-        or os.sep != "/"
-        and os.sep in text
-    )
-
-
-def check_source_folder(src: str | os.PathLike) -> None:
-    """Refuse a local path that does not exist with "no such folder" (instead of a Hub repo-id error)."""
-    path = Path(src).expanduser()
-    if looks_like_local_path(src) and not path.exists():
-        raise FileNotFoundError(
-            f"no such folder: {os.fspath(src)!r} (the source model must be a local folder or a Hub id)."
-        )
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{os.fspath(src)!r} is a file, not a model folder.")
-    if path.is_dir():
-        from hf_salt.checks import check_model_path
-
-        check_model_path(os.fspath(src), "the source model")  # config.json that parses, a weights file
-
-
-def check_output_folder(dst: str | os.PathLike, overwrite: bool) -> Path:
-    """The output folder must be creatable and writable, checked before any growing starts."""
-    path = Path(dst).expanduser().absolute()
-    if path.exists() and not path.is_dir():
-        raise ValueError(
-            f"{os.fspath(dst)!r} exists and is a file; choose a folder path for the grown model."
-        )
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise ValueError(
-            f"{os.fspath(dst)!r} exists and is not empty; choose another folder or pass overwrite."
-        )
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(f"cannot create {os.fspath(dst)!r}: {str(parent)!r} is a file, not a folder.")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write {os.fspath(dst)!r}: no write permission in {str(parent)!r}.")
-    return path

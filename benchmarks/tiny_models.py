@@ -1,6 +1,8 @@
 """Tiny random models of any registered causal-LM type, built from the default config, shrunk generically.
 
-The coverage matrix (``coverage.py``, ``tests/test_hypercloning_matrix.py``) grows one of these per model type.
+The model-type matrices (``hypercloning_coverage.py`` and ``salt_matrix.py`` beside this file, run by
+``tests/test_hypercloning_matrix.py`` and ``tests/test_salt_matrix.py``) build one of these per model type; some
+tests build them too. Project tooling, not shipped in the wheel.
 Default configs are often full size; every width, depth, vocabulary, expert and state field found in the
 config (and its sub-configs) is shrunk so that each model builds in milliseconds.
 """
@@ -15,65 +17,29 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN, VOCAB, LAYERS = 32, 4, 2, 8, 48, 96, 2
+from hf_salt.hypercloning.config_growth import EMBED_PROJ, EXPERT_FFN, FFN, FIELD_ROLES, GROUPS, HEADS, WIDTH
+
+HIDDEN, N_HEADS, KV_HEADS, HEAD_DIM, FFN_SIZE, VOCAB, LAYERS = 32, 4, 2, 8, 48, 96, 2
+
+# the tiny size of each field HyperCloning grows, by its role in the growth's own table (FIELD_ROLES)
+_BY_ROLE = {
+    WIDTH: HIDDEN,
+    EMBED_PROJ: HIDDEN,
+    FFN: FFN_SIZE,
+    EXPERT_FFN: 24,
+    HEADS: N_HEADS,
+    GROUPS: KV_HEADS,
+}
+# grown fields left as the config makes them: derived from the tiny hidden size (RWKV, Zamba: 2 x hidden) or the
+# output width of a vision tower that a text forward never runs
+_LEFT_TO_THE_CONFIG = {"attention_hidden_size", "projector_output_dim", "out_hidden_size"}
 
 # key -> tiny value, applied wherever a config (or sub-config) has the key
 _TINY: dict[str, Any] = {
-    # width
-    **dict.fromkeys(
-        (
-            "hidden_size",
-            "n_embd",
-            "d_model",
-            "embed_dim",
-            "n_embed",
-            "model_dim",
-            "word_embed_proj_dim",
-            "embedding_dim",
-            "emb_dim",
-        ),
-        HIDDEN,
-    ),
-    **dict.fromkeys(("embedding_size", "hidden_size_per_layer_input"), HIDDEN),
-    **dict.fromkeys(
-        (
-            "intermediate_size",
-            "ffn_dim",
-            "n_inner",
-            "ffn_hidden_size",
-            "decoder_ffn_dim",
-            "encoder_ffn_dim",
-            "d_ff",
-            "dim_ff",
-            "d_inner",
-            "inner_hidden_size",
-            "filter_size",
-        ),
-        FFN,
-    ),
-    **dict.fromkeys(
-        (
-            "moe_intermediate_size",
-            "shared_expert_intermediate_size",
-            "expert_intermediate_size",
-            "expert_ffn_hidden_size",
-            "moe_ffn_hidden_size",
-            "shared_intermediate_size",
-        ),
-        24,
-    ),
-    **dict.fromkeys(
-        (
-            "num_attention_heads",
-            "n_head",
-            "num_heads",
-            "n_heads",
-            "decoder_attention_heads",
-            "encoder_attention_heads",
-        ),
-        HEADS,
-    ),
-    **dict.fromkeys(("num_key_value_heads", "n_head_kv", "num_kv_heads", "multi_query_group_num"), KV_HEADS),
+    **{key: _BY_ROLE[role] for key, role in FIELD_ROLES.items() if key not in _LEFT_TO_THE_CONFIG},
+    "mamba_d_ssm": 2 * HIDDEN,  # Falcon-H1's Mamba width: its heads x head size below (4 x 16)
+    # sizes the growth keeps
+    "hidden_size_per_layer_input": HIDDEN,  # Gemma 3n / 4 per-layer inputs
     **dict.fromkeys(("head_dim", "d_head"), HEAD_DIM),
     **dict.fromkeys(("rotary_dim", "rotary_emb_base_dim"), 4),
     # depth
@@ -101,13 +67,18 @@ _TINY: dict[str, Any] = {
     **{"q_lora_rank": 16, "kv_lora_rank": 16, "qk_rope_head_dim": 4, "qk_nope_head_dim": 8, "v_head_dim": 8},
     # state-space layers
     **dict.fromkeys(("state_size", "ssm_state_size", "mamba_d_state", "d_state"), 8),
-    **dict.fromkeys(("mamba_n_heads", "mamba_num_heads", "n_mamba_heads"), 4),
     **dict.fromkeys(("mamba_d_head", "mamba_head_dim", "mamba_headdim"), 16),
-    **dict.fromkeys(("n_groups", "mamba_n_groups", "mamba_ngroups"), 2),
-    "mamba_d_ssm": 64,
     "time_step_rank": 4,
     # windows and chunks
     **dict.fromkeys(("sliding_window", "attention_window", "local_window_size"), 8),
+}
+# types the generic shrinking gets wrong or leaves large: the fields given here (for Dory the default layer list
+# is dropped, so the config makes a consistent one)
+_TYPE_FIXES: dict[str, dict[str, Any]] = {
+    # Dory: input + recurrent + output layer counts must add up to num_hidden_layers
+    "dory": {"num_hidden_layers": 4, "n_input_layers": 1, "n_recurrent_layers": 2, "n_output_layers": 1},
+    # Kimi-Linear: 32 delta-rule heads of 128, sizes the growth keeps (Bailing derives the same fields itself)
+    "kimi_linear": {"linear_head_dim": HEAD_DIM, "linear_num_heads": N_HEADS},
 }
 
 
@@ -134,9 +105,13 @@ def _overrides(defaults: dict[str, Any]) -> dict[str, Any]:
         if "head_dim" in defaults:
             out["head_dim"] = out["qk_rope_head_dim"]
         if "num_key_value_heads" in defaults:
-            out["num_key_value_heads"] = out.get("num_attention_heads", HEADS)  # MLA repeats no kv heads
+            out["num_key_value_heads"] = out.get("num_attention_heads", N_HEADS)  # MLA repeats no kv heads
         if "qk_head_dim" in defaults:
             out["qk_head_dim"] = out["qk_rope_head_dim"] + out.get("qk_nope_head_dim", 0)
+    keys, values = defaults.get("linear_num_key_heads"), defaults.get("linear_num_value_heads")
+    if "linear_num_value_heads" in out and isinstance(keys, int) and keys and isinstance(values, int):
+        # value heads per key head as the type has them (Qwen3-Next: 2; with 1, its clone is refused)
+        out["linear_num_value_heads"] = out.get("linear_num_key_heads", N_HEADS) * max(1, values // keys)
     ssm_heads = out.get("num_heads") if "expand" in defaults and "state_size" in defaults else None
     if ssm_heads and "head_dim" in defaults:  # Mamba-2: heads x head_dim == expand x hidden
         out["head_dim"] = int(defaults["expand"]) * HIDDEN // ssm_heads
@@ -205,8 +180,12 @@ def _shrink_layer_lists(defaults: dict[str, Any], out: dict[str, Any]) -> None:
 
 def tiny_config(model_type: str) -> PretrainedConfig:
     """The default config of ``model_type`` with every width/depth/vocabulary field made tiny."""
-    defaults = AutoConfig.for_model(model_type).to_dict()
-    config = AutoConfig.for_model(model_type, **_overrides(defaults))
+    overrides = _overrides(AutoConfig.for_model(model_type).to_dict())
+    fixes = _TYPE_FIXES.get(model_type, {})
+    if "num_hidden_layers" in fixes:
+        overrides.pop("layer_types", None)
+    overrides.update(fixes)
+    config = AutoConfig.for_model(model_type, **overrides)
     for c in [config, *(v for v in vars(config).values() if isinstance(v, PretrainedConfig))]:
         with contextlib.suppress(Exception):
             c._attn_implementation = "eager"
