@@ -90,3 +90,137 @@ def _report_results(config_kd: dict) -> dict:
 def test_report_gives_n_kd_and_its_share_of_the_run(config_kd):
     text = report.report_markdown(_report_results(config_kd), [], "plot.png")
     assert "n_KD = 10 (25% of the steps)" in text
+
+
+# ------------------------------------------------------------------ KD settings: SALTConfig's own fields
+KD_NAMES = (
+    "kd_weight",
+    "kd_temperature",
+    "kd_steps",
+    "kd_decay_start",
+    "kd_auto_margin",
+    "kd_auto_decay_steps",
+)
+
+
+def test_kd_settings_are_salt_configs_fields():
+    """One definition: each KD setting is SALTConfig's field of the same name, its default and its help."""
+    from dataclasses import fields
+
+    from hf_salt import SALTConfig
+    from hf_salt.experiments import ExperimentConfig
+
+    salt = {f.name: f for f in fields(SALTConfig)}
+    for cls in (ExperimentConfig, BenchmarkConfig):
+        own = {f.name: f for f in fields(cls)}
+        for name in KD_NAMES:
+            assert own[name].default == salt[name].default, (cls.__name__, name)
+            assert own[name].metadata["help"].startswith(salt[name].metadata["help"]), (cls.__name__, name)
+        assert not {"kd_auto_cap", "kd_auto_decay"} & set(
+            own
+        )  # no second name for kd_steps / kd_auto_decay_steps
+
+
+def _accepted(make) -> bool:
+    try:
+        make()
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "kd",
+    [
+        dict(kd_weight=1.0),
+        dict(kd_weight=1.01),
+        dict(kd_weight=-0.1),
+        dict(kd_temperature=0.0),
+        dict(kd_temperature=0.5),
+        dict(kd_steps=100),
+        dict(kd_steps=101),
+        dict(kd_steps=0.004),  # rounds to 0 of 100 steps
+        dict(kd_steps=20, kd_decay_start=10),  # a step count, as in SALTConfig
+        dict(kd_steps=20, kd_decay_start=30),
+        dict(kd_decay_start=0.5),
+        dict(kd_decay_start=1.5),
+    ],
+)
+def test_kd_settings_accepted_exactly_when_salt_config_accepts_them(kd):
+    """The reference is SALTConfig itself, with a teacher and the same max_steps (n_KD >= 1 aside)."""
+    from hf_salt import SALTConfig
+
+    expected = _accepted(
+        lambda: SALTConfig(
+            output_dir="unused",
+            max_steps=100,
+            use_cpu=True,
+            report_to="none",
+            teacher_model_name_or_path="t",
+            **kd,
+        )
+    )
+    assert _accepted(lambda: BenchmarkConfig(max_steps=100, arms=["salt", "salt-linear"], **kd)) == expected
+
+
+@pytest.mark.parametrize(
+    ("kd", "flag", "message"),
+    [
+        (dict(kd_weight=1.0, arms=["salt-linear_ratio"]), "--kd_weight", "needs kd_weight < 1"),
+        (dict(kd_steps=0.2, kd_decay_start=30, arms=["salt-linear"]), "--kd_decay_start", r"\(30\) must be <= kd_steps \(20\)"),
+        (dict(kd_steps=0.2, kd_auto_decay_steps=0.3, arms=["salt-auto"]), "--kd_auto_decay_steps", r"\(30\) must be <= kd_steps \(20\)"),
+        (dict(kd_auto_margin=float("nan"), arms=["salt-auto"]), "--kd_auto_margin", "finite"),
+        (dict(kd_steps=0.004), "--kd_steps", "rounds to 0 KD steps"),
+    ],
+)  # fmt: skip
+def test_salt_config_errors_name_the_flag(kd, flag, message):
+    """An arm's own rules apply when it is selected: n_KD in steps against the decay start / window, its schedule."""
+    with pytest.raises(ValueError, match=message) as err:
+        BenchmarkConfig(max_steps=100, **kd)
+    assert str(err.value).startswith(flag)
+    if "arms" in kd:  # the arm's rule only: accepted without that arm
+        BenchmarkConfig(max_steps=100, **{**kd, "arms": ["salt"]})
+
+
+def test_kd_check_writes_nothing(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    BenchmarkConfig(max_steps=100, arms=["all"], kd_steps=0.2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_salt_auto_cap_is_kd_steps():
+    from hf_salt.experiments.arms import ArmContext, auto_salt_fields
+
+    cfg = BenchmarkConfig(max_steps=100, kd_steps=0.4, kd_auto_decay_steps=0.1, arms=["salt-auto"])
+    fields = auto_salt_fields(ArmContext(cfg, None, None, None, None, 0))
+    assert (fields["kd_schedule"], fields["kd_steps"], fields["kd_auto_decay_steps"]) == ("auto", 40, 10)
+
+
+def test_run_keys_depend_only_on_each_arms_own_settings():
+    """Saved runs are matched by run_key: a KD, salt-auto or HyperCloning setting (renamed or new) must not enter the
+    key of an arm that does not declare it, so changing it never invalidates a baseline's or a clone's saved runs."""
+    from hf_salt.experiments.arms import ARMS
+
+    bench = Benchmark(BenchmarkConfig(max_steps=100))
+    family = ("kd_", "hc_", "hypercloning", "salt_ds")
+    for arm in ARMS:
+        keyed = {k for k in bench._run_fields(arm) if k.startswith(family)}
+        assert keyed <= set(ARMS[arm].depends_on), (arm, keyed - set(ARMS[arm].depends_on))
+    changed = dict(
+        kd_weight=0.5,
+        kd_temperature=2.0,
+        kd_steps=0.4,
+        kd_decay_start=0.5,
+        kd_auto_margin=0.2,
+        kd_auto_decay_steps=0.2,
+    )
+    for name, value in changed.items():
+        other = Benchmark(BenchmarkConfig(max_steps=100, **{name: value}))
+        for arm in ("baseline", "hypercloning", "teacher-continue"):
+            assert other.run_key(arm) == bench.run_key(arm), (name, arm)
+        assert (other.run_key("salt-auto") != bench.run_key("salt-auto")) == (
+            name in ARMS["salt-auto"].depends_on
+        )

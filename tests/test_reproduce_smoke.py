@@ -205,10 +205,11 @@ def test_every_arm_end_to_end_through_the_cli(tmp_path):
     assert runs["salt"]["kd_steps"] == 2 and runs["rkd"]["kd_steps"] == 8
     assert runs["salt"]["kd_weight"]["weight"][:3] == [0.5, 0.5, 0.0]
     assert runs["salt-linear"]["kd_weight"]["weight"][:3] == [0.5, 0.25, 0.0]
-    # salt-auto: cap 4 steps (kd_auto_cap 0.5), decay round(0.1 * 8) = 1 step; the decision is recorded
+    # salt-auto: its cap is kd_steps, as in SALTConfig (0.25 x 8 = 2 steps), decay round(0.1 * 8) = 1 step (the
+    # default kd_auto_decay_steps); the decision is recorded
     auto = runs["salt-auto"]["kd_auto"]
-    assert auto["cap"] == 4 and auto["decay_steps"] == 1 and auto["reason"] in ("caught_up", "cap")
-    assert runs["salt-auto"]["kd_steps"] == auto["switch_step"] + 1 <= 4
+    assert auto["cap"] == 2 and auto["decay_steps"] == 1 and auto["reason"] in ("caught_up", "cap")
+    assert runs["salt-auto"]["kd_steps"] == auto["switch_step"] + 1 <= 2
     assert runs["salt-auto"]["kd_weight"]["weight"][: auto["switch_step"] + 2] == [0.5] * (
         auto["switch_step"] + 1
     ) + [0.0]

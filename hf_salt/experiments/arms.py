@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from hf_salt.salt.schedules import resolve_kd_steps
+from hf_salt.salt.schedules import steps_of
 
 # the config fields a run's result depends on beyond the shared ones, by arm family (see Arm.depends_on)
 KD_FIELDS = ("kd_weight", "kd_temperature", "kd_steps", "kd_decay_start")
-AUTO_FIELDS = ("kd_weight", "kd_temperature", "kd_auto_cap", "kd_auto_margin", "kd_auto_decay")
+# salt-auto: kd_steps is its cap, as in SALTConfig
+AUTO_FIELDS = ("kd_weight", "kd_temperature", "kd_steps", "kd_auto_margin", "kd_auto_decay_steps")
 HYPERCLONING_FIELDS = ("hypercloning_snr_db", "hc_learning_rate", "hc_warmup_steps", "hc_lr_scale")
 # the clone's optimizer schedule without the growth: what the no-growth control depends on
 CONTINUE_FIELDS = ("hc_learning_rate", "hc_warmup_steps")
@@ -194,14 +195,20 @@ register_arm(
     description="SALT with kd_schedule=auto: n_KD decided from the training (student CE vs teacher CE)",
 )
 def _salt_auto(ctx: ArmContext) -> ArmSetup:
+    return ArmSetup(ctx.fresh_student(), salt=auto_salt_fields(ctx))
+
+
+def auto_salt_fields(ctx: ArmContext) -> dict[str, Any]:
+    """salt-auto's SALTConfig fields: ``kd_steps`` (n_KD) is the cap, as in SALTConfig; the decay window in steps,
+    so SALTConfig compares it with the cap when the config is checked, not when training starts."""
     c = ctx.config
-    fields = ctx.salt_fields(
+    return ctx.salt_fields(
         kd_schedule="auto",
-        kd_steps=max(1, resolve_kd_steps(c.kd_auto_cap, c.max_steps)),
         kd_auto_margin=c.kd_auto_margin,
-        kd_auto_decay_steps=resolve_kd_steps(c.kd_auto_decay, c.max_steps) if c.kd_auto_decay else 0,
+        kd_auto_decay_steps=steps_of(
+            c.kd_auto_decay_steps, c.max_steps, "kd_auto_decay_steps", "of max_steps"
+        ),
     )
-    return ArmSetup(ctx.fresh_student(), salt=fields)
 
 
 @register_arm("rkd", depends_on=KD_FIELDS, description="KD for the whole run (the paper's RKD strawman)")

@@ -1,18 +1,42 @@
 """What every arm of an experiment shares: data, models, optimizer, evaluation, KD and HyperCloning settings.
 
 `SharedSettings` holds them; `ExperimentConfig` is the demo's config (one seed); `hf_salt.experiments.benchmark.BenchmarkConfig` adds seeds,
-resuming and reporting. The KD defaults are SALTConfig's, so the demo, the benchmark and a plain SALT run agree.
+resuming and reporting. The KD settings are SALTConfig's own fields (name, help, default) and SALTConfig checks
+them, so the demo, the benchmark and a plain SALT run mean the same by each.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
+import re
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hf_salt.experiments.arms import resolve_arms
+from hf_salt.experiments.arms import ArmContext, auto_salt_fields, resolve_arms
 from hf_salt.salt.config import SALTConfig
-from hf_salt.salt.schedules import check_kd_steps, int_or_fraction, resolve_kd_steps
+from hf_salt.salt.schedules import int_or_fraction, resolve_kd_steps
+
+# the KD settings of an experiment: SALTConfig's fields of the same names (salt_field)
+KD_SETTINGS = (
+    "kd_weight",
+    "kd_temperature",
+    "kd_steps",
+    "kd_decay_start",
+    "kd_auto_margin",
+    "kd_auto_decay_steps",
+)
+
+# arms whose SALTConfig fields SALTConfig checks beyond the step schedule's (the schedule's own rules, n_KD in
+# steps against kd_decay_start or the decay window): how each arm's builder derives them from the config
+CHECKED_ARM_FIELDS: dict[str, Callable[[ArmContext], dict[str, Any]]] = {
+    "salt-linear": lambda ctx: ctx.salt_fields(kd_schedule="linear"),
+    "salt-linear_ratio": lambda ctx: ctx.salt_fields(kd_schedule="linear_ratio"),
+    "salt-auto": auto_salt_fields,
+}
 
 
 def salt_default(name: str) -> Any:
@@ -21,6 +45,14 @@ def salt_default(name: str) -> Any:
         if f.name == name:
             return f.default
     raise KeyError(f"SALTConfig has no field {name!r}.")
+
+
+def salt_field(name: str, note: str = "") -> Any:
+    """SALTConfig's field ``name`` for an experiment config: its help (plus ``note``) and its default, so the
+    demo, the benchmark and a plain SALT run name, document and default each KD setting once."""
+    source = next(f for f in dataclasses.fields(SALTConfig) if f.name == name)
+    metadata = {**source.metadata, "help": f"{source.metadata['help']} {note}".strip()}
+    return field(default=salt_default(name), metadata=metadata)
 
 
 def like(cls: type, name: str, default: Any) -> Any:
@@ -87,40 +119,18 @@ class SharedSettings:
             "'all' = every registered arm. See hf_salt.experiments.ARMS."
         },
     )
-    # SALT (defaults: SALTConfig's)
-    kd_weight: float = field(
-        default=salt_default("kd_weight"),
-        metadata={"help": "omega, the KD weight during the KD stage (default: SALTConfig's)."},
+    # SALT: SALTConfig's own fields (name, help, default), checked by SALTConfig itself (see check_kd_settings)
+    kd_weight: float = salt_field("kd_weight")
+    kd_temperature: float = salt_field("kd_temperature")
+    kd_steps: float = salt_field(
+        "kd_steps",
+        "Here at least 1 step (leave the KD arms out to train without KD); the salt-auto arm's upper bound.",
     )
-    kd_temperature: float = field(
-        default=salt_default("kd_temperature"),
-        metadata={"help": "tau, the KD temperature (default: SALTConfig's)."},
+    kd_decay_start: float | None = salt_field(
+        "kd_decay_start", "Used by the salt-linear and salt-linear_ratio arms."
     )
-    kd_steps: float = field(
-        default=salt_default("kd_steps"),
-        metadata={
-            "help": "n_KD: optimizer steps with KD, an integer in [1, max_steps] or a fraction in (0, 1) of "
-            "max_steps, as in SALTConfig (default: SALTConfig's)."
-        },
-    )
-    kd_decay_start: float | None = field(
-        default=salt_default("kd_decay_start"),
-        metadata={"help": "linear / linear_ratio: where the decay starts, as a fraction of n_KD (None = 0)."},
-    )
-    kd_auto_cap: float = field(
-        default=0.5,
-        metadata={
-            "help": "salt-auto: upper bound on n_KD as a fraction of max_steps (kd_steps with kd_schedule=auto)."
-        },
-    )
-    kd_auto_margin: float = field(
-        default=salt_default("kd_auto_margin"),
-        metadata={"help": "salt-auto: kd_auto_margin in nats (default: SALTConfig's)."},
-    )
-    kd_auto_decay: float = field(
-        default=salt_default("kd_auto_decay_steps"),
-        metadata={"help": "salt-auto: decay window as a fraction of max_steps (default: SALTConfig's)."},
-    )
+    kd_auto_margin: float = salt_field("kd_auto_margin", "Used by the salt-auto arm.")
+    kd_auto_decay_steps: float = salt_field("kd_auto_decay_steps", "Used by the salt-auto arm.")
     salt_ds_pool: int = field(
         default=4,
         metadata={"help": "SALT_DS scores this many KD budgets (n_KD x global batch) of candidate blocks."},
@@ -182,20 +192,7 @@ class SharedSettings:
                 f"kd_steps={self.kd_steps}: every KD arm needs n_KD >= 1; give a step count in [1, max_steps] "
                 "or a fraction of max_steps in (0, 1), e.g. 0.2 (leave the KD arms out to train without KD)."
             )
-        check_kd_steps(self.kd_steps, self.max_steps, n=self.resolved_kd_steps)
-        if self.kd_decay_start is not None and not 0.0 <= self.kd_decay_start < 1.0:
-            raise ValueError(
-                f"kd_decay_start must be a fraction of n_KD in [0, 1), got {self.kd_decay_start}."
-            )
-        if not 0.0 <= self.kd_weight < 1.0:
-            raise ValueError(f"kd_weight must be in [0, 1) (linear_ratio needs < 1), got {self.kd_weight}.")
-        if self.kd_temperature <= 0:
-            raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature}.")
-        if not 0.0 < self.kd_auto_cap < 1.0 or not 0.0 <= self.kd_auto_decay <= self.kd_auto_cap:
-            raise ValueError(
-                f"salt-auto needs 0 < kd_auto_cap < 1 and 0 <= kd_auto_decay <= kd_auto_cap (fractions of "
-                f"max_steps), got {self.kd_auto_cap} and {self.kd_auto_decay}."
-            )
+        self.check_kd_settings()
         if self.salt_ds_pool < 1:
             raise ValueError(f"salt_ds_pool must be >= 1 (KD budgets scored), got {self.salt_ds_pool}.")
         if self.warmup_steps < 0 or (self.hc_warmup_steps is not None and self.hc_warmup_steps < 0):
@@ -203,10 +200,55 @@ class SharedSettings:
         if self.save_steps < 0:
             raise ValueError(f"save_steps must be >= 0 (0 = no checkpoints), got {self.save_steps}.")
 
+    def check_kd_settings(self) -> None:
+        """Check the KD settings with SALTConfig's own validation, so an experiment accepts what SALTConfig accepts:
+        as given (kd_steps against max_steps, with the step schedule), then as each selected arm of
+        CHECKED_ARM_FIELDS passes them to its SALTConfig (n_KD in steps). A ValueError names the flags to change.
+
+        The throwaway SALTConfig writes nothing (its output_dir is never created); like every TrainingArguments it
+        sets up accelerate's (CPU) state, which the runs' own TrainingArguments set up again.
+        """
+        given = {
+            name: getattr(self, name)
+            for name in ("kd_weight", "kd_temperature", "kd_steps", "kd_decay_start")
+        }
+        ctx = ArmContext(config=self, tokenizer=None, train=None, validation=None, teacher=None, seed=0)
+        checks: list[tuple[str, Callable[[], dict[str, Any]]]] = [("the KD settings as given", lambda: given)]
+        checks += [
+            (f"the {arm} arm's SALTConfig fields", functools.partial(CHECKED_ARM_FIELDS[arm], ctx))
+            for arm in self.arms
+            if arm in CHECKED_ARM_FIELDS
+        ]
+        for what, fields_of in checks:
+            kd: dict[str, Any] = {}
+            try:
+                # inside the try: a bad derived value (an arm's decay window in steps) is reported the same way
+                kd = fields_of()
+                SALTConfig(
+                    output_dir=os.path.join(tempfile.gettempdir(), "hf-salt-kd-check-not-written"),
+                    max_steps=self.max_steps,
+                    use_cpu=True,
+                    report_to="none",
+                    # with a teacher SALTConfig checks kd_steps against max_steps (nothing is loaded)
+                    teacher_model_name_or_path=self.teacher_preset,
+                    **kd,
+                )
+            except ValueError as err:
+                found = {n: m.start() for n in KD_SETTINGS if (m := re.search(rf"\b{n}\b", str(err)))}
+                named = sorted(found, key=found.get) or list(given)  # the setting the message is about first
+                values = ", ".join(
+                    f"{k}={v!r}" for k, v in kd.items() if k in KD_SETTINGS or k == "kd_schedule"
+                )
+                raise ValueError(
+                    f"{', '.join(f'--{n}' for n in named)}: {err} (SALTConfig's check of {what}, "
+                    f"max_steps={self.max_steps}{': ' + values if values else ''})"
+                ) from err
+
     @property
     def resolved_kd_steps(self) -> int:
-        """n_KD in optimizer steps: ``kd_steps`` itself, or a fraction rounded as SALTTrainer rounds it (at least 1)."""
-        return max(1, resolve_kd_steps(self.kd_steps, self.max_steps))
+        """n_KD in optimizer steps: ``kd_steps`` itself, or a fraction of max_steps rounded as SALTTrainer rounds it
+        (check_kd_settings refuses one that rounds to 0)."""
+        return resolve_kd_steps(self.kd_steps, self.max_steps)
 
     @property
     def global_batch_size(self) -> int:

@@ -56,7 +56,10 @@ def time_steps(
     steps: int,
     warmup: int,
 ) -> tuple[float, float]:
-    """(wall, CPU) seconds per optimizer step of one run of ``kind`` (student, kd, teacher)."""
+    """(wall, CPU) seconds per optimizer step of one run of ``kind`` (student, kd, teacher): a KD step through
+    SALTTrainer, a plain step through transformers.Trainer (as the baseline takes it; SALTTrainer needs a teacher)."""
+    from transformers import Trainer, TrainingArguments
+
     from hf_salt.salt import SALTConfig, SALTTrainer
     from hf_salt.zoo import build_model
 
@@ -66,15 +69,12 @@ def time_steps(
     model = build_model(
         teacher_preset if kind == "teacher" else student_preset, vocab_size=vocab_size, seed=0
     )
-    teacher = build_model(teacher_preset, vocab_size=vocab_size, seed=1) if kind == "kd" else None
     timer = StepTimer(warmup)
     with tempfile.TemporaryDirectory() as out:
-        config = SALTConfig(
+        common = dict(
             output_dir=out,
             max_steps=total,
             per_device_train_batch_size=batch_size,
-            kd_steps=total if kind == "kd" else 0,
-            kd_weight=0.75,
             learning_rate=1e-3,
             report_to="none",
             save_strategy="no",
@@ -83,14 +83,17 @@ def time_steps(
             disable_tqdm=True,
             dataloader_num_workers=0,
         )
-        trainer = SALTTrainer(
-            model=model,
-            args=config,
-            teacher_model=teacher,
+        data = dict(
             train_dataset=random_blocks(vocab_size, block_size, total * batch_size),
             data_collator=default_data_collator,
             callbacks=[timer],
         )
+        if kind == "kd":
+            teacher = build_model(teacher_preset, vocab_size=vocab_size, seed=1)
+            config = SALTConfig(**common, kd_steps=total, kd_weight=0.75)
+            trainer = SALTTrainer(model=model, args=config, teacher_model=teacher, **data)
+        else:
+            trainer = Trainer(model=model, args=TrainingArguments(**common), **data)
         trainer.train()
     wall, cpu = timer.seconds()
     return wall / timer.steps, cpu / timer.steps
