@@ -82,7 +82,10 @@ def test_hypercloning_is_judged_against_the_no_growth_control():
     assert met is True  # the control never reaches the target
     assert "final loss hypercloning − teacher-continue = -0.300" in text
     table = metrics.equal_steps_table(rows)
-    assert "| hypercloning | -0.700 ± 0.000" in table and "| baseline |" not in table
+    hc_row = next(line for line in table.splitlines() if line.startswith("| hypercloning |"))
+    # at 50 percent (step 20): 4.0 - 5.0; at 100 percent: 3.8 - 4.0
+    assert hc_row.split(" | ")[2].startswith("-1.000 ± 0.000") and hc_row.split(" | ")[4].startswith("-0.200")
+    assert "| baseline |" not in table
 
 
 def _script(name: str):

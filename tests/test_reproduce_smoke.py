@@ -262,9 +262,11 @@ def test_same_data_order_in_every_arm(tmp_path):
     natural = bench_mod.Benchmark(cfg, order=lambda n_rows, n, seed: np.arange(n) % n_rows)
     natural.train = bench.train
     assert natural.order(0, cfg.max_steps)["input_ids"] == bench.train["input_ids"][:32]
-    args = TrainingArguments(output_dir=str(tmp_path / "t"), per_device_train_batch_size=4, report_to="none")
-    trainer = engine.in_order(Trainer)(
-        model=build_model("llama-tiny", seed=0), args=args, train_dataset=order
+    # the engine's training arguments read the rows in the order it fixed (a public TrainingArguments field)
+    args = bench.training_args(TrainingArguments, tmp_path / "t", steps=8, lr=1e-3, warmup=0, seed=0)
+    assert args.train_sampling_strategy == "sequential"
+    trainer = Trainer(
+        model=build_model("llama-tiny", seed=0), args=args, train_dataset=order, eval_dataset=bench.validation
     )
     first = next(iter(trainer.get_train_dataloader()))
     assert first["input_ids"].tolist() == order["input_ids"][:4]

@@ -14,7 +14,6 @@ from hf_salt.experiments.engine import (
     CurveRecorder,
     Engine,
     QuietProgress,
-    in_order,
     ordered_indices,
     quiet_progress,
 )
@@ -32,7 +31,6 @@ __all__ = [
     "SharedSettings",
     "first_crossing",
     "format_table",
-    "in_order",
     "ordered_indices",
     "plot_curves",
     "quiet_progress",

@@ -58,25 +58,6 @@ def even_rows(n_rows: int, k: int) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, n_rows - 1, k).round()})
 
 
-class _InOrder:
-    """Mixin: read the training set in its given order (the engine fixes the order per seed)."""
-
-    def _get_train_sampler(self, train_dataset=None):  # noqa: ANN001 - Trainer's signature
-        from torch.utils.data import SequentialSampler
-
-        return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
-
-
-_IN_ORDER_CLASSES: dict[type, type] = {}
-
-
-def in_order(trainer_cls: type) -> type:
-    """``trainer_cls`` with the in-order sampler (cached, so each class is built once)."""
-    if trainer_cls not in _IN_ORDER_CLASSES:
-        _IN_ORDER_CLASSES[trainer_cls] = type(f"InOrder{trainer_cls.__name__}", (_InOrder, trainer_cls), {})
-    return _IN_ORDER_CLASSES[trainer_cls]
-
-
 # --------------------------------------------------------------------------------------------------- timing
 class CurveRecorder(TrainerCallback, ExportableState):
     """Times the optimizer steps (not evaluations) and records (step, wall, loss) at every evaluation.
@@ -279,7 +260,7 @@ class Engine:
             dataloader_num_workers=0,
             dataloader_pin_memory=torch.cuda.is_available() and not cfg.use_cpu,
             disable_tqdm=cfg.disable_tqdm,
-            **extra,
+            **{"train_sampling_strategy": "sequential", **extra},  # the engine fixed the order per seed
         )
 
     def _train(self, trainer: Trainer, recorder: CurveRecorder, steps: int) -> CurveRecorder:
@@ -322,7 +303,7 @@ class Engine:
             TrainingArguments, self.out / "_runs" / f"teacher-seed{seed}", steps=cfg.teacher_steps,
             lr=cfg.teacher_learning_rate, warmup=cfg.warmup_steps, seed=seed,
         )  # fmt: skip
-        trainer = in_order(AtomicCheckpointTrainer)(
+        trainer = AtomicCheckpointTrainer(
             model=model,
             args=args,
             train_dataset=self.order(seed, cfg.teacher_steps),
@@ -391,7 +372,7 @@ class Engine:
             steps=cfg.max_steps, lr=lr, warmup=warmup, seed=seed, **fields,
         )  # fmt: skip
         recorder = self.recorder()
-        trainer = in_order(trainer_cls)(
+        trainer = trainer_cls(
             model=setup.model,
             args=args,
             train_dataset=train,
