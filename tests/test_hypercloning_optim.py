@@ -20,7 +20,17 @@ def _llama():
 
 def _gpt2():  # Conv1D weights: the contracted axis is 0, not 1
     torch.manual_seed(0)
-    cfg = AutoConfig.for_model("gpt2", n_embd=32, n_layer=2, n_head=2, vocab_size=256, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg = AutoConfig.for_model(
+        "gpt2",
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        vocab_size=256,
+        n_positions=64,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     return AutoModelForCausalLM.from_config(cfg)
 
 

@@ -117,7 +117,9 @@ def test_payoff_arms_end_to_end_then_a_confirming_run(tmp_path):
     teacher = results["teachers"]["1000" if "1000" in results["teachers"] else "0"]
     # the control is the teacher itself, trained on: it starts at the teacher's loss and is priced as the teacher
     assert runs["teacher-continue"]["curve"]["loss"][0] == pytest.approx(teacher["final_loss"], abs=1e-4)
-    assert runs["teacher-continue"]["step_kind"] == "teacher" and runs["hypercloning"]["step_kind"] == "student"
+    assert (
+        runs["teacher-continue"]["step_kind"] == "teacher" and runs["hypercloning"]["step_kind"] == "student"
+    )
     costs = json.loads((out / "step_costs.json").read_text())
     assert all(costs[k] > 0 for k in ("student", "kd", "teacher")) and len(costs["rounds"]["kd"]) == 1
     report = (out / f"reproduction_{results['config']['label']}.md").read_text()
