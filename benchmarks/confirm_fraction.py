@@ -51,12 +51,15 @@ def main(argv: list[str] | None = None) -> dict:
     target = target_loss(baseline, full.cfg.target_evals)
     every = full.cfg.eval_every
     steps = max(every, math.ceil(args.fraction * full.cfg.max_steps / every) * every)
-    short = BenchmarkConfig(**{**raw, "max_steps": steps, "seeds": [args.seed], "arms": [args.arm]})
+    out = Path(full.cfg.output_dir) / "confirm" / f"{args.arm}-seed{args.seed}-{steps}.json"
+    short = BenchmarkConfig(
+        **{**raw, "max_steps": steps, "seeds": [args.seed], "arms": [args.arm], "output_dir": str(out.parent)}
+    )  # its checkpoints go under confirm/, never into the full run's folders
     bench = Benchmark(short)
     if full.cfg.num_threads:
         torch.set_num_threads(full.cfg.num_threads)
     bench.load_data()
-    teacher, record = bench.teacher(full.cfg.teacher_seed)  # the full run's teacher (same key)
+    teacher, record = full.teacher(full.cfg.teacher_seed)  # the full run's saved teacher (same key)
     print(
         f"[confirm] {args.arm}, seed {args.seed}: a {steps}-step run (its own schedule) against target {target:.4f}"
     )
@@ -73,7 +76,6 @@ def main(argv: list[str] | None = None) -> dict:
         "reached": final <= target,
         "curve": run["curve"],
     }
-    out = Path(full.cfg.output_dir) / "confirm" / f"{args.arm}-seed{args.seed}-{steps}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, json.dumps(result, indent=1))
     verdict = "reaches" if result["reached"] else "does NOT reach"

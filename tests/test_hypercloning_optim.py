@@ -124,3 +124,20 @@ def test_scaling_an_optimizer_that_has_stepped_is_refused():
     opt.step()
     with pytest.raises(ValueError, match="fresh optimizer"):
         scale_param_groups(opt, big)
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_salt_trainer_scales_a_clone_only_when_asked(tmp_path, on):
+    from hf_salt.salt import SALTConfig, SALTTrainer
+
+    big = _exact_clone(_llama())
+    ids = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0)).tolist()
+    args = SALTConfig(
+        output_dir=str(tmp_path), max_steps=1, learning_rate=1e-3, report_to="none", use_cpu=True,
+        save_strategy="no", hypercloning_lr_scale=on,
+    )  # fmt: skip
+    trainer = SALTTrainer(model=big, args=args, train_dataset=[{"input_ids": r, "labels": r} for r in ids])
+    trainer.create_optimizer()
+    lrs = {g["lr"] for g in trainer.optimizer.param_groups}
+    assert lrs == ({1e-3, 5e-4} if on else {1e-3})  # off by default: SALTConfig().hypercloning_lr_scale is False
+    assert SALTConfig(output_dir=str(tmp_path), report_to="none").hypercloning_lr_scale is False

@@ -340,6 +340,7 @@ class Benchmark(Engine):
         if any(ARMS[arm].uses_teacher for arm in cfg.arms):  # trained once here, not by every worker
             for tseed in sorted({teacher_seed_for(cfg, s) for s in cfg.seeds}):
                 self.teacher(tseed)
+        (self.out / "_runs").mkdir(parents=True, exist_ok=True)  # the workers resume "latest": it must exist
         config_path = self.out / "worker-config.json"
         worker_cfg = asdict(cfg)
         if (

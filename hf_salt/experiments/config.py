@@ -147,11 +147,12 @@ class SharedSettings:
         default=None, metadata={"help": "LR re-warm-up steps of the HyperCloning arms (None = warmup_steps)."}
     )
     hc_lr_scale: bool = field(
-        default=True,
+        default=False,
         metadata={
             "help": "Train a clone's grown matrices at the learning rate times the scale the clone records "
             "(1/n where entries were divided by n; hf_salt.hypercloning.optim), so their relative step is the "
-            "source's. False = one learning rate for every tensor."
+            "source's. Off by default: it keeps the early head start but ended 0.09 nats worse on the payoff "
+            "benchmark's tuning seed (benchmarks/RESULTS.md)."
         },
     )
     # execution

@@ -3,10 +3,12 @@
 HyperCloning divides a tensor's entries by n where its input axis was tiled n times (``config.hypercloning
 ['lr_scale']`` records which, as name patterns). Adam's step has about the same size per entry whatever the
 entry's magnitude, so the same learning rate moves those tensors n times further relative to their weights than
-it moved the source's, and the clone loses the head start it was grown for. Scaling their learning rate by 1/n
+it moved the source's, and the clone gives back part of the head start it was grown for. Scaling their learning rate by 1/n
 (as muP scales hidden matrices by 1/fan-in), and their decoupled weight decay by n so that lr x decay stays the
 same, gives them the source's relative step: an Adam(W) step on an exact clone is then exactly the clone of the
-source's step (tests/test_hypercloning_optim.py). Embeddings, norms and biases keep the full rate. Measured in benchmarks/RESULTS.md ("Payoff: the growth recipe").
+source's step (tests/test_hypercloning_optim.py). Embeddings, norms and biases keep the full rate.
+It keeps the early head start but, over a whole run of the payoff benchmark, the clone with one learning rate
+ended lower, so hf-salt's trainers apply it only when asked (docs/hypercloning.md, "Training a clone").
 """
 
 from __future__ import annotations
@@ -74,9 +76,9 @@ def scale_param_groups(optimizer: torch.optim.Optimizer, model: nn.Module) -> to
 class GrownLRMixin:
     """Trainer mixin: a clone's grown tensors train at their recorded learning-rate scale.
 
-    ``class MyTrainer(GrownLRMixin, Trainer)``; hf-salt's trainers include it. A model that is not a clone trains
-    as under the plain Trainer. ``hypercloning_lr_scale=False`` in the training arguments (where they have the
-    field) turns it off.
+    ``class MyTrainer(GrownLRMixin, Trainer)``. A model that is not a clone trains as under the plain Trainer.
+    Training arguments with a ``hypercloning_lr_scale`` field (``SALTConfig``, off by default) decide; without
+    the field the mixin applies.
     """
 
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:

@@ -181,12 +181,13 @@ class SALTConfig(SFTDataArguments, TrainingArguments):
     )
 
     hypercloning_lr_scale: bool = field(
-        default=True,
+        default=False,
         metadata={
             "help": "When the student is a HyperCloning clone: train each grown tensor at the learning rate times "
             "the scale the clone recorded (1/n where its entries were divided by n), so its relative step is "
-            "the source's and the clone keeps its head start (docs/hypercloning.md, 'Training a clone'). "
-            "No effect on other models."
+            "the source's: the clone keeps its early head start, but ended worse over a full run in the payoff "
+            "benchmark, so it is off by default (docs/hypercloning.md, 'Training a clone'). No effect on other "
+            "models."
         },
     )
 
