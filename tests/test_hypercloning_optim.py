@@ -136,8 +136,11 @@ def test_salt_trainer_scales_a_clone_only_when_asked(tmp_path, on):
         output_dir=str(tmp_path), max_steps=1, learning_rate=1e-3, report_to="none", use_cpu=True,
         save_strategy="no", hypercloning_lr_scale=on,
     )  # fmt: skip
-    trainer = SALTTrainer(model=big, args=args, train_dataset=[{"input_ids": r, "labels": r} for r in ids])
+    rows = [{"input_ids": r, "labels": r} for r in ids]
+    trainer = SALTTrainer(model=big, teacher_model=_llama(), args=args, train_dataset=rows)
     trainer.create_optimizer()
     lrs = {g["lr"] for g in trainer.optimizer.param_groups}
-    assert lrs == ({1e-3, 5e-4} if on else {1e-3})  # off by default: SALTConfig().hypercloning_lr_scale is False
+    assert lrs == (
+        {1e-3, 5e-4} if on else {1e-3}
+    )  # off by default: SALTConfig().hypercloning_lr_scale is False
     assert SALTConfig(output_dir=str(tmp_path), report_to="none").hypercloning_lr_scale is False
