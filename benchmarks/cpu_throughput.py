@@ -14,73 +14,28 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
-import time
 
 import torch
-from datasets import Dataset
-from transformers import TrainerCallback, default_data_collator
+
+from hf_salt.experiments.step_costs import time_steps
+
+KIND = {"teacher": "teacher", "student": "student", "salt": "kd"}  # this script's names -> step_costs' kinds
 
 
-class _StepTimer(TrainerCallback):
-    """Wall and CPU time of the optimizer steps after the first ``warmup`` ones."""
-
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.cpu_start, self.steps = warmup, 0.0, 0.0, 0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step == self.warmup:
-            self.start, self.cpu_start = time.perf_counter(), time.process_time()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step > self.warmup:
-            self.steps += 1
-
-    def seconds(self) -> tuple[float, float]:
-        return time.perf_counter() - self.start, time.process_time() - self.cpu_start
-
-
-def _blocks(vocab: int, block: int, n: int) -> Dataset:
-    ids = torch.randint(0, vocab, (n, block), generator=torch.Generator().manual_seed(0))
-    return Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
-
-
-def measure(variant: str, args: argparse.Namespace, data: Dataset) -> tuple[float, float]:
-    """(wall, CPU) tokens/s of one run of ``variant`` (teacher, student, salt)."""
-    from hf_salt.salt import SALTConfig, SALTTrainer
-    from hf_salt.zoo import build_model
-
-    steps = args.warmup + args.steps
-    preset = args.teacher if variant == "teacher" else args.student
-    model = build_model(preset, vocab_size=args.vocab_size, seed=0)
-    teacher = build_model(args.teacher, vocab_size=args.vocab_size, seed=1)
-    timer = _StepTimer(args.warmup)
-    with tempfile.TemporaryDirectory() as out:
-        config = SALTConfig(
-            output_dir=out,
-            max_steps=steps,
-            per_device_train_batch_size=args.batch_size,
-            kd_steps=steps if variant == "salt" else 0,
-            kd_weight=0.75,
-            learning_rate=1e-3,
-            report_to="none",
-            save_strategy="no",
-            logging_steps=steps,
-            use_cpu=True,
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-        )
-        trainer = SALTTrainer(
-            model=model,
-            args=config,
-            teacher_model=teacher,
-            train_dataset=data,
-            data_collator=default_data_collator,
-            callbacks=[timer],
-        )
-        trainer.train()
-    tokens = timer.steps * args.batch_size * args.block_size
-    wall, cpu = timer.seconds()
+def measure(variant: str, args: argparse.Namespace) -> tuple[float, float]:
+    """(wall, CPU) tokens/s of one run of ``variant`` (teacher, student, salt), timed by
+    :func:`hf_salt.experiments.step_costs.time_steps` (the benchmark's own step pricing)."""
+    wall, cpu = time_steps(
+        KIND[variant],
+        teacher_preset=args.teacher,
+        student_preset=args.student,
+        vocab_size=args.vocab_size,
+        block_size=args.block_size,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        warmup=args.warmup,
+    )
+    tokens = args.batch_size * args.block_size
     return tokens / wall, tokens / cpu
 
 
@@ -97,12 +52,11 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    data = _blocks(args.vocab_size, args.block_size, (args.warmup + args.steps) * args.batch_size)
     variants = ("teacher", "student", "salt")
     seen: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
     for _ in range(args.rounds):
         for v in variants:
-            seen[v].append(measure(v, args, data))
+            seen[v].append(measure(v, args))
     result = {
         v: (statistics.median(w for w, _ in x), statistics.median(c for _, c in x)) for v, x in seen.items()
     }

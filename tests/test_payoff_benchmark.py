@@ -4,17 +4,12 @@ a run of that length (benchmarks/confirm_fraction.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
 from hf_salt.experiments import metrics
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _run(losses, *, steps=(0, 10, 20, 30, 40), uses_teacher=False, kd_steps=0, step_kind="student"):
@@ -88,14 +83,6 @@ def test_hypercloning_is_judged_against_the_no_growth_control():
     assert "| baseline |" not in table
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_payoff_arms_end_to_end_then_a_confirming_run(tmp_path):
     """baseline, hypercloning and teacher-continue at a tiny budget through the CLI, priced step costs, a
     baseline that does not depend on the teacher, then benchmarks/confirm_fraction.py on the result."""
@@ -135,7 +122,9 @@ def test_payoff_arms_end_to_end_then_a_confirming_run(tmp_path):
     assert again["curve"] == before and "teacher" not in log.name  # reused, not retrained
     assert again["key"] == runs["baseline"]["key"]
 
-    confirm = _script("confirm_fraction").main(
+    import confirm_fraction  # benchmarks/ is on the path (tests/conftest.py)
+
+    confirm = confirm_fraction.main(
         ["--config", str(config), "--arm", "hypercloning", "--seed", "0", "--fraction", "0.5"]
     )
     assert confirm["steps"] == 4 and confirm["of_steps"] == 8
