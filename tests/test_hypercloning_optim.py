@@ -8,9 +8,16 @@ import warnings
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, Trainer, TrainingArguments
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    get_scheduler,
+)
 
-from hf_salt.hypercloning import GrownLRMixin, clone, lr_scales, scale_param_groups
+from hf_salt.hypercloning import GrownLRMixin, clone, lr_scales, ramp_lr_scales, scale_param_groups
 from hf_salt.zoo import build_model
 
 
@@ -144,3 +151,90 @@ def test_salt_trainer_scales_a_clone_only_when_asked(tmp_path, on):
         {1e-3, 5e-4} if on else {1e-3}
     )  # off by default: SALTConfig().hypercloning_lr_scale is False
     assert SALTConfig(output_dir=str(tmp_path), report_to="none").hypercloning_lr_scale is False
+
+
+def _ramped(model, *, ramp: int, total: int = 12, warmup: int = 2):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    scale_param_groups(opt, model)
+    sched = get_scheduler("cosine", opt, num_warmup_steps=warmup, num_training_steps=total)
+    return opt, ramp_lr_scales(sched, ramp)
+
+
+def test_a_ramp_raises_each_scale_to_one_and_keeps_lr_times_decay():
+    big = _exact_clone(_llama())
+    opt, sched = _ramped(big, ramp=6)
+    ref_opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-2)
+    ref = get_scheduler("cosine", ref_opt, num_warmup_steps=2, num_training_steps=12)  # the unscaled schedule
+    for step in range(12):
+        full = ref.get_last_lr()[0]
+        for group in opt.param_groups:
+            scale = group["hypercloning_lr_scale"]
+            factor = scale + (1 - scale) * min(1.0, step / 6)  # linear from the recorded scale to 1 at step 6
+            assert group["lr"] == pytest.approx(full * factor, abs=1e-12), (step, scale)
+            if group["hypercloning_weight_decay"]:
+                assert group["lr"] * group["weight_decay"] == pytest.approx(full * 0.1, abs=1e-12)
+        opt.step()
+        sched.step()
+        ref_opt.step()
+        ref.step()
+    assert {g["hypercloning_lr_scale"] for g in opt.param_groups} == {1.0, 0.5}
+
+
+def test_a_ramped_first_step_is_still_the_clone_of_the_source_step():
+    src = _llama()
+    big = _exact_clone(src)
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
+    src_opt = torch.optim.AdamW(src.parameters(), lr=1e-2, weight_decay=0.1, eps=1e-12)
+    src_sched = get_scheduler("constant", src_opt)
+    opt = torch.optim.AdamW(big.parameters(), lr=1e-2, weight_decay=0.1, eps=1e-12)
+    scale_param_groups(opt, big)
+    sched = ramp_lr_scales(get_scheduler("constant", opt), 100)
+    for model, o, s in ((src, src_opt, src_sched), (big, opt, sched)):
+        model(input_ids=ids, labels=ids).loss.backward()
+        o.step()
+        s.step()
+    probe = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (big(input_ids=probe).logits - src(input_ids=probe).logits).abs().max().item() < 1e-4
+
+
+def test_a_ramp_survives_saving_and_loading_the_optimizer_and_scheduler():
+    big = _exact_clone(_llama())
+    opt, sched = _ramped(big, ramp=6)
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    state = copy.deepcopy((opt.state_dict(), sched.state_dict()))
+    opt2, sched2 = _ramped(big, ramp=6)
+    opt2.load_state_dict(state[0])  # replaces the param-group dicts the ramp writes weight decay into
+    sched2.load_state_dict(state[1])
+    for _ in range(3):
+        for o, s in ((opt, sched), (opt2, sched2)):
+            o.step()
+            s.step()
+        for a, b in zip(opt.param_groups, opt2.param_groups):
+            assert (a["lr"], a["weight_decay"]) == pytest.approx((b["lr"], b["weight_decay"]))
+
+
+def test_salt_trainer_ramps_the_scales_over_the_steps_it_is_given(tmp_path):
+    from hf_salt.salt import SALTConfig, SALTTrainer
+
+    big = _exact_clone(_llama())
+    ids = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0)).tolist()
+    args = SALTConfig(
+        output_dir=str(tmp_path), max_steps=6, learning_rate=1e-3, lr_scheduler_type="constant", report_to="none",
+        use_cpu=True, save_strategy="no", per_device_train_batch_size=4, disable_tqdm=True,
+        hypercloning_lr_scale=True, hypercloning_lr_scale_steps=4,
+    )  # fmt: skip
+    seen: list[set[float]] = []
+
+    class Rates(TrainerCallback):
+        def on_step_begin(self, args, state, control, optimizer=None, **kw):
+            seen.append({round(g["lr"], 9) for g in optimizer.param_groups})
+
+    rows = [{"input_ids": r, "labels": r} for r in ids]
+    SALTTrainer(model=big, teacher_model=_llama(), args=args, train_dataset=rows, callbacks=[Rates()]).train()
+    want = [{1e-3, round(1e-3 * (0.5 + 0.5 * min(1.0, step / 4)), 9)} for step in range(6)]
+    assert seen == want  # 0.5 -> 1 over 4 steps, then one rate for every tensor
+    with pytest.raises(ValueError, match="set hypercloning_lr_scale=True"):
+        SALTConfig(output_dir=str(tmp_path), report_to="none", hypercloning_lr_scale_steps=4)

@@ -27,7 +27,9 @@ from hf_salt.salt.schedules import steps_of
 KD_FIELDS = ("kd_weight", "kd_temperature", "kd_steps", "kd_decay_start")
 # salt-auto: kd_steps is its cap, as in SALTConfig
 AUTO_FIELDS = ("kd_weight", "kd_temperature", "kd_steps", "kd_auto_margin", "kd_auto_decay_steps")
-HYPERCLONING_FIELDS = ("hypercloning_snr_db", "hc_learning_rate", "hc_warmup_steps", "hc_lr_scale")
+HYPERCLONING_FIELDS = (
+    "hypercloning_snr_db", "hc_learning_rate", "hc_warmup_steps", "hc_lr_scale", "hc_lr_scale_steps",
+)  # fmt: skip
 # the clone's optimizer schedule without the growth: what the no-growth control depends on
 CONTINUE_FIELDS = ("hc_learning_rate", "hc_warmup_steps")
 

@@ -155,6 +155,13 @@ class SharedSettings:
             "benchmark's tuning seed (benchmarks/RESULTS.md)."
         },
     )
+    hc_lr_scale_steps: int = field(
+        default=0,
+        metadata={
+            "help": "With hc_lr_scale: raise each grown tensor's learning-rate scale linearly to 1 over this many "
+            "steps (hf_salt.hypercloning.ramp_lr_scales); 0 keeps the scales for the whole run."
+        },
+    )
     # execution
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPU)."})
     use_cpu: bool = field(default=False, metadata={"help": "Force CPU even when a GPU is present."})
@@ -198,6 +205,15 @@ class SharedSettings:
             raise ValueError(f"salt_ds_pool must be >= 1 (KD budgets scored), got {self.salt_ds_pool}.")
         if self.warmup_steps < 0 or (self.hc_warmup_steps is not None and self.hc_warmup_steps < 0):
             raise ValueError("warmup_steps and hc_warmup_steps must be >= 0.")
+        if self.hc_lr_scale_steps < 0:
+            raise ValueError(
+                "hc_lr_scale_steps must be >= 0 (0 keeps the learning-rate scales for the whole run)."
+            )
+        if self.hc_lr_scale_steps and not self.hc_lr_scale:
+            raise ValueError(
+                f"hc_lr_scale_steps={self.hc_lr_scale_steps} ramps the learning-rate scales of hc_lr_scale, which is "
+                "off: set hc_lr_scale true, or hc_lr_scale_steps 0."
+            )
         if self.save_steps < 0:
             raise ValueError(f"save_steps must be >= 0 (0 = no checkpoints), got {self.save_steps}.")
 

@@ -151,6 +151,10 @@ TEACHER_ONLY_FIELDS = (
 )  # fmt: skip
 
 
+# fields added later, whose default is what runs did before: in a run's key only when set to something else
+KEY_IF_SET = {"hc_lr_scale_steps": 0}
+
+
 # fields that say how a run is checkpointed and resumed: they never change its result
 RESUME_FIELDS = ("save_steps", "resume_from_checkpoint")
 
@@ -226,7 +230,9 @@ class Engine:
         if not ARMS[arm].uses_teacher:  # a baseline is the same run whatever teacher the others get
             optional |= set(TEACHER_ONLY_FIELDS)
         skip = (set(self.execution_fields) | set(RESUME_FIELDS) | optional) - set(ARMS[arm].depends_on)
-        return {k: v for k, v in asdict(self.cfg).items() if k not in skip}
+        fields = {k: v for k, v in asdict(self.cfg).items() if k not in skip}
+        # fields added after runs were saved: at their default they leave the key (and the saved runs) as they were
+        return {k: v for k, v in fields.items() if k not in KEY_IF_SET or v != KEY_IF_SET[k]}
 
     # ---------------------------------------------------------------- training
     def training_args(
@@ -354,16 +360,20 @@ class Engine:
         setup = spec.build(ArmContext(cfg, self.tokenizer, train, self.validation, teacher, seed))
         uses_salt = setup.salt is not None
         trainer_cls = setup.trainer_cls or (SALTTrainer if uses_salt else AtomicCheckpointTrainer)
-        if uses_salt:
-            fields_lr = {"hypercloning_lr_scale": cfg.hc_lr_scale}  # SALTTrainer reads it from its args
+        kwargs = dict(setup.trainer_kwargs)
+        if uses_salt:  # SALTTrainer reads them from its args
+            fields_lr = {
+                "hypercloning_lr_scale": cfg.hc_lr_scale,
+                "hypercloning_lr_scale_steps": cfg.hc_lr_scale_steps,
+            }
         elif spec.grown and cfg.hc_lr_scale:
             trainer_cls, fields_lr = with_grown_lr(trainer_cls), {}
+            kwargs["lr_scale_steps"] = cfg.hc_lr_scale_steps
         else:
             fields_lr = {}
         lr = cfg.hc_learning_rate if spec.grown and cfg.hc_learning_rate is not None else cfg.learning_rate
         warmup = cfg.hc_warmup_steps if spec.grown and cfg.hc_warmup_steps is not None else cfg.warmup_steps
         fields = {**fields_lr, **(setup.salt or {})}
-        kwargs = dict(setup.trainer_kwargs)
         if uses_salt:  # the teacher is passed in memory; its folder goes into the model card
             fields.setdefault("teacher_model_name_or_path", teacher_record.get("path"))
             kwargs["teacher_model"] = teacher

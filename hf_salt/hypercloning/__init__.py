@@ -11,7 +11,7 @@ from __future__ import annotations
 from hf_salt.io import save_pretrained_atomic
 
 from .core import clone, from_pretrained, grow_depth
-from .optim import GrownLRMixin, lr_scales, scale_param_groups
+from .optim import GrownLRMixin, lr_scales, ramp_lr_scales, scale_param_groups
 from .refusals import REASONS, HyperCloningRefused, UnverifiedCloneWarning
 from .verify import hidden_state_error, verify
 
@@ -23,6 +23,7 @@ __all__ = [
     "grow_depth",
     "GrownLRMixin",
     "lr_scales",
+    "ramp_lr_scales",
     "scale_param_groups",
     "hidden_state_error",
     "save_pretrained_atomic",

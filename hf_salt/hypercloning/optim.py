@@ -8,7 +8,8 @@ it moved the source's, and the clone gives back part of the head start it was gr
 same, gives them the source's relative step: an Adam(W) step on an exact clone is then exactly the clone of the
 source's step (tests/test_hypercloning_optim.py). Embeddings, norms and biases keep the full rate.
 It keeps the early head start but, over a whole run of the payoff benchmark, the clone with one learning rate
-ended lower, so hf-salt's trainers apply it only when asked (docs/hypercloning.md, "Training a clone").
+ended lower. :func:`ramp_lr_scales` lets each factor rise to 1 over the first steps instead, so the clone starts
+at the source's relative step and then trains at the full rate (docs/hypercloning.md, "Training a clone").
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+# the param-group keys a scaled group carries: its recorded factor and the weight decay it had before scaling
+SCALE_KEY, DECAY_KEY = "hypercloning_lr_scale", "hypercloning_weight_decay"
 
 
 def lr_scales(model: nn.Module) -> dict[str, float]:
@@ -64,8 +69,9 @@ def scale_param_groups(optimizer: torch.optim.Optimizer, model: nn.Module) -> to
             by_scale.setdefault(scale_of.get(id(p), 1.0), []).append(p)
         for scale, params in by_scale.items():
             # decoupled weight decay shrinks by lr x weight_decay per step: keep that product the source's
-            decay = group.get("weight_decay", 0.0) / scale if "weight_decay" in group else None
-            extra = {} if decay is None else {"weight_decay": decay}
+            extra: dict[str, Any] = {SCALE_KEY: scale}
+            if "weight_decay" in group:
+                extra.update(weight_decay=group["weight_decay"] / scale, **{DECAY_KEY: group["weight_decay"]})
             groups.append({**group, "params": params, "lr": group["lr"] * scale, **extra})
     optimizer.param_groups.clear()
     for group in groups:
@@ -73,20 +79,80 @@ def scale_param_groups(optimizer: torch.optim.Optimizer, model: nn.Module) -> to
     return optimizer
 
 
+def ramp_lr_scales(scheduler: LambdaLR, steps: int) -> LambdaLR:
+    """Raise each scaled group's factor linearly from its recorded scale to 1 over the first ``steps``, in place.
+
+    The first step is still exactly the clone of the source's step; from ``steps`` on the grown tensors train at
+    the full rate, so the clone does not learn more slowly for the whole run. Weight decay follows, so that
+    ``lr x weight_decay`` stays the source's. ``scheduler`` is a ``LambdaLR`` (every schedule of
+    ``transformers.get_scheduler``) on an optimizer split by :func:`scale_param_groups`.
+    """
+    if steps < 1:
+        raise ValueError(f"ramp_lr_scales needs steps >= 1, got {steps}.")
+    if not isinstance(scheduler, LambdaLR):
+        raise TypeError(
+            f"ramp_lr_scales needs a LambdaLR scheduler (what transformers.get_scheduler builds), got "
+            f"{type(scheduler).__name__}."
+        )
+    groups = scheduler.optimizer.param_groups
+    for i, group in enumerate(groups):
+        scale = group.get(SCALE_KEY, 1.0)
+        if scale == 1.0:
+            continue
+
+        def ramped(step: int, i: int = i, base=scheduler.lr_lambdas[i], scale: float = scale) -> float:
+            factor = scale + (1.0 - scale) * min(1.0, step / steps)
+            live = scheduler.optimizer.param_groups[
+                i
+            ]  # looked up each time: loading a checkpoint replaces groups
+            if live.get(DECAY_KEY) is not None:
+                live["weight_decay"] = live[DECAY_KEY] / factor
+            return base(step) * factor / scale  # the group's lr is already lr x scale
+
+        scheduler.lr_lambdas[i] = ramped
+    # LambdaLR set the first step's rates when it was built: set them again through the ramped factors
+    rates = [
+        base_lr * fn(scheduler.last_epoch) for base_lr, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)
+    ]
+    for group, rate in zip(groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = rates
+    return scheduler
+
+
 class GrownLRMixin:
     """Trainer mixin: a clone's grown tensors train at their recorded learning-rate scale.
 
     ``class MyTrainer(GrownLRMixin, Trainer)``. A model that is not a clone trains as under the plain Trainer.
     Training arguments with a ``hypercloning_lr_scale`` field (``SALTConfig``, off by default) decide; without
-    the field the mixin applies.
+    the field the mixin applies. ``hypercloning_lr_scale_steps`` (an argument field, or the ``lr_scale_steps``
+    keyword of this class) lets the scales rise to 1 over that many steps (:func:`ramp_lr_scales`); 0 keeps them.
     """
+
+    def __init__(self, *args: Any, lr_scale_steps: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if lr_scale_steps is None:
+            lr_scale_steps = getattr(self.args, "hypercloning_lr_scale_steps", 0)
+        if lr_scale_steps < 0:
+            raise ValueError(f"lr_scale_steps must be >= 0 (0 keeps the scales), got {lr_scale_steps}.")
+        self.lr_scale_steps = lr_scale_steps
+
+    def _lr_scaled(self) -> bool:
+        return bool(getattr(self.args, "hypercloning_lr_scale", True))
 
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
         fresh = self.optimizer is None
         optimizer = super().create_optimizer(model)
-        if fresh and getattr(self.args, "hypercloning_lr_scale", True):
+        if fresh and self._lr_scaled():
             scale_param_groups(optimizer, self.model if model is None else model)
         return optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        fresh = self.lr_scheduler is None
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        if fresh and self.lr_scale_steps and self._lr_scaled():
+            ramp_lr_scales(scheduler, self.lr_scale_steps)
+        return scheduler
 
 
 _GROWN_LR_CLASSES: dict[type, type] = {}

@@ -34,7 +34,7 @@ TEACHER_SHARDING = ("replicate", "shard")
         ),
         "Memory and speed": ("kd_chunk_size", "kd_loss_backend", "kd_truncate_vocab"),
         "Where the teacher lives": ("teacher_sharding", "teacher_offload_after_kd"),
-        "A grown student (HyperCloning)": ("hypercloning_lr_scale",),
+        "A grown student (HyperCloning)": ("hypercloning_lr_scale", "hypercloning_lr_scale_steps"),
         "Raw datasets (trl.SFTConfig's names and defaults)": (
             "dataset_text_field",
             "max_length",
@@ -190,6 +190,14 @@ class SALTConfig(SFTDataArguments, TrainingArguments):
             "models."
         },
     )
+    hypercloning_lr_scale_steps: int = field(
+        default=0,
+        metadata={
+            "help": "With hypercloning_lr_scale: raise each grown tensor's scale linearly to 1 over this many "
+            "optimizer steps (hf_salt.hypercloning.ramp_lr_scales), so the clone starts at the source's relative "
+            "step and then trains at the full rate. 0 keeps the scales for the whole run."
+        },
+    )
 
     def __post_init__(self) -> None:
         check_field_types(self, SALTConfig)
@@ -222,6 +230,15 @@ class SALTConfig(SFTDataArguments, TrainingArguments):
             )
         if not 0.0 <= self.kd_jsd_beta <= 1.0:
             raise ValueError(f"kd_jsd_beta must be in [0, 1], got {self.kd_jsd_beta}.")
+        if self.hypercloning_lr_scale_steps < 0:
+            raise ValueError(
+                f"hypercloning_lr_scale_steps must be >= 0 (0 keeps the scales), got {self.hypercloning_lr_scale_steps}."
+            )
+        if self.hypercloning_lr_scale_steps and not self.hypercloning_lr_scale:
+            raise ValueError(
+                f"hypercloning_lr_scale_steps={self.hypercloning_lr_scale_steps} ramps the scales of "
+                "hypercloning_lr_scale, which is off: set hypercloning_lr_scale=True (--hypercloning_lr_scale true)."
+            )
         self.kd_steps = int_or_fraction(self.kd_steps, "kd_steps", "of max_steps")
         if self.kd_steps < 0:
             raise ValueError(
