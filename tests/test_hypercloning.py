@@ -424,6 +424,22 @@ def test_alibi_clone_is_exact(family: str, heads: int, n: int, snr: float | None
     ids, mask = _padded_batch()
     assert hc.verify(src, big, ids, attention_mask=mask) <= ATOL
     assert hc.hidden_state_error(src, big) <= ATOL
+    # q/k/v hold W/n (learning-rate factor 1/n); the output projection holds the source's entries
+    from hf_salt.hypercloning.alibi import FAMILIES
+
+    scales = big.config.hypercloning["lr_scale"]
+    qkv = [v for k, v in scales.items() if f".{FAMILIES[family].qkv}.weight" in k]
+    assert qkv and all(abs(v - 1 / n) < 1e-12 for v in qkv)
+    assert not [k for k in scales if f".{FAMILIES[family].out}.weight" in k]
+
+
+@pytest.mark.parametrize("family", list(ALIBI))
+def test_alibi_clone_composes_with_ffn_and_depth_growth(family: str) -> None:
+    src = _alibi_source(family, 3)
+    big = _clone(src, 2, 3, snr_db=10.0, depth_multiplier=2, tie_word_embeddings=False)
+    assert big.config.hypercloning["verified"] and _alibi_heads(big) == 6
+    ids, mask = _padded_batch()
+    assert hc.verify(src, big, ids, attention_mask=mask) <= ATOL
 
 
 @pytest.mark.parametrize("family", list(ALIBI))

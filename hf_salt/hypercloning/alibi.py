@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -24,6 +25,9 @@ from transformers import PreTrainedModel
 
 from .layout import Choice
 from .refusals import HyperCloningRefused
+
+if TYPE_CHECKING:
+    from .engine import Plan
 
 
 @dataclass(frozen=True)
@@ -103,8 +107,8 @@ def _grow_qkv(
     src: torch.Tensor, dtype: torch.dtype, *, place: HeadPlacement, head_major: bool
 ) -> torch.Tensor:
     """Fused q/k/v weight [3 D, D] (or bias [3 D]): grown head ``g`` holds source head ``source[g]``'s rows."""
-    index = torch.tensor(place.source)
     x = src.detach().double()
+    index = torch.tensor(place.source, device=x.device)
     tail = tuple(x.shape[1:])  # (D,) for the weight, () for the bias
     if head_major:  # [heads, 3 * head_dim, ...]
         grown = x.reshape(place.heads, -1, *tail).index_select(0, index)
@@ -120,12 +124,12 @@ def _grow_out(src: torch.Tensor, dtype: torch.dtype, *, place: HeadPlacement) ->
     """Output projection [D, D] -> rows tiled n times; source head h's columns at grown head ``slot[h]``."""
     heads, n = place.heads, place.n
     w = src.detach().reshape(src.shape[0], heads, -1)
-    grown = torch.zeros(src.shape[0], heads * n, w.shape[2], dtype=dtype)
+    grown = torch.zeros(src.shape[0], heads * n, w.shape[2], dtype=dtype, device=w.device)
     grown[:, list(place.slot)] = w.to(dtype)
     return grown.flatten(1).repeat(n, 1)
 
 
-def install(model: PreTrainedModel, plan, place: HeadPlacement) -> list[str]:
+def install(model: PreTrainedModel, plan: Plan, place: HeadPlacement) -> list[str]:
     """Give each attention module's q/k/v and output projection the head placement (before any tensor is filled).
 
     Their layouts get a single choice (the search leaves them alone): q/k/v contract their tiled input (so
@@ -135,25 +139,23 @@ def install(model: PreTrainedModel, plan, place: HeadPlacement) -> list[str]:
     """
     family = FAMILIES[model.config.model_type]
     n = place.n
+    qkv_grow = functools.partial(_grow_qkv, place=place, head_major=family.head_major)
+    out_grow = functools.partial(_grow_out, place=place)
     placed = []
     for name, module in model.named_modules():
         qkv, out = getattr(module, family.qkv, None), getattr(module, family.out, None)
         if not (isinstance(qkv, nn.Linear) and isinstance(out, nn.Linear)):
             continue
-        hidden = qkv.in_features
-        grow = functools.partial(_grow_qkv, place=place, head_major=family.head_major)
-        for leaf, choice in (
-            (f"{family.qkv}.weight", Choice((((3 * hidden, n),), ((hidden, n),)), (1,))),
-            (f"{family.out}.weight", Choice((((hidden, n),), ((hidden, n),)), ())),
+        d = qkv.in_features
+        for tensor, choice, grow in (
+            (f"{name}.{family.qkv}.weight", Choice((((3 * d, n),), ((d, n),)), (1,)), qkv_grow),
+            (f"{name}.{family.out}.weight", Choice((((d, n),), ((d, n),)), ()), out_grow),
         ):
-            tensor = f"{name}.{leaf}"
             layout = next(lay for lay in plan.layouts.values() if tensor in lay.members)
             layout.choices, layout.index = [choice], 0
-            plan.custom[tensor] = (
-                grow if leaf.startswith(family.qkv) else functools.partial(_grow_out, place=place)
-            )
-        if qkv.bias is not None:
-            plan.custom[f"{name}.{family.qkv}.bias"] = grow
+            plan.custom[tensor] = grow
+        if qkv.bias is not None:  # follows its rows (the output projection's bias tiles as usual)
+            plan.custom[f"{name}.{family.qkv}.bias"] = qkv_grow
         placed.append(name)
     if not placed:
         raise HyperCloningRefused(

@@ -682,7 +682,12 @@ def head_size(config: PretrainedConfig) -> int:
         return f["head_dim"]
     hidden = next((f[k] for k in ("hidden_size", "n_embd", "d_model") if isinstance(f.get(k), int)), 0)
     heads = next(
-        (f[k] for k in ("num_attention_heads", "n_head", "n_heads", "num_heads") if isinstance(f.get(k), int)), 0
+        (
+            f[k]
+            for k in ("num_attention_heads", "n_head", "n_heads", "num_heads")
+            if isinstance(f.get(k), int)
+        ),
+        0,
     )
     return hidden // heads if hidden and heads else 0
 
