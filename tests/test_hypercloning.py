@@ -364,22 +364,178 @@ def test_bad_multipliers(bad, monkeypatch) -> None:
             hc.from_pretrained("/nonexistent/model/folder", bad)
 
 
-def test_alibi_is_refused_before_anything_is_built(monkeypatch) -> None:
-    """2 -> 4 BLOOM heads: the 4-head slopes (2^-2, 2^-4, 2^-6, 2^-8) contain the 2-head ones (2^-4, 2^-8), so an
-    exact clone with dormant heads exists: the refusal says "not built yet", not "impossible"."""
+ALIBI: dict[str, Callable[[int], T.PretrainedConfig]] = {  # head count -> config, head_dim 4
+    "bloom": lambda heads: T.BloomConfig(vocab_size=VOCAB, hidden_size=4 * heads, n_layer=2, n_head=heads),
+    "mpt": lambda heads: T.MptConfig(
+        vocab_size=VOCAB, d_model=4 * heads, n_layers=2, n_heads=heads, expansion_ratio=3, max_seq_len=32
+    ),
+}
+
+
+def _alibi_source(family: str, heads: int) -> T.PreTrainedModel:
+    torch.manual_seed(0)
+    return _randomise(T.AutoModelForCausalLM.from_config(ALIBI[family](heads))).eval()
+
+
+def _padded_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """2 x 12 tokens, the second row padded (BLOOM's ALiBi positions count only the unpadded tokens)."""
+    from hf_salt.hypercloning.probe import probe_inputs
+
+    return probe_inputs(VOCAB, seq=12, seed=1)
+
+
+def _alibi_heads(model: T.PreTrainedModel) -> int:
+    return getattr(model.config, "n_head", None) or model.config.n_heads
+
+
+def test_alibi_slope_formulas_are_the_models_own() -> None:
+    from transformers.models.bloom.modeling_bloom import build_alibi_tensor
+    from transformers.models.mpt.modeling_mpt import build_mpt_alibi_tensor
+
+    for heads in range(1, 17):
+        mask = torch.ones(1, 2)
+        bloom = build_alibi_tensor(mask, heads, torch.float64)[:, 0, 1]  # position 1: the slope itself
+        mpt = -build_mpt_alibi_tensor(heads, 2)[:, 0, 0].double()  # relative position -1: minus the slope
+        for theirs, is_mpt in ((bloom, False), (mpt, True)):
+            ours = torch.tensor([2.0**-e for e in core.alibi_slopes(heads, mpt=is_mpt)], dtype=torch.float64)
+            assert torch.allclose(theirs, ours), (heads, is_mpt)
+
+
+def test_alibi_grown_slopes_contain_every_source_slope() -> None:
+    """What the docs claim: for BLOOM's and MPT's formulas, n x heads have every slope of the source's heads
+    (head counts 1-16, n = 2, 3, 4), so ``alibi`` (impossible) is never raised for them."""
+    for mpt in (False, True):
+        for heads in range(1, 17):
+            for n in (2, 3, 4):
+                big = core.alibi_slopes(heads * n, mpt=mpt)
+                assert all(any(abs(a - b) < 1e-9 for b in big) for a in core.alibi_slopes(heads, mpt=mpt))
+
+
+@pytest.mark.parametrize(
+    "heads, n, snr", [(3, 2, None), (3, 3, 10.0), (4, 2, 10.0), (4, 3, None), (5, 4, 10.0)]
+)
+@pytest.mark.parametrize("family", list(ALIBI))
+def test_alibi_clone_is_exact(family: str, heads: int, n: int, snr: float | None) -> None:
+    """Each source head sits at the grown head with its own slope (3 and 5 heads: not powers of two)."""
+    src = _alibi_source(family, heads)
+    big = _clone(src, n, snr_db=snr)
+    assert big.config.hypercloning["verified"]
+    assert engine.head_size(big.config) == 4 and _alibi_heads(big) == heads * n  # same head_dim
+    ids, mask = _padded_batch()
+    assert hc.verify(src, big, ids, attention_mask=mask) <= ATOL
+    assert hc.hidden_state_error(src, big) <= ATOL
+    # q/k/v hold W/n (learning-rate factor 1/n); the output projection holds the source's entries
+    from hf_salt.hypercloning.alibi import FAMILIES
+
+    scales = big.config.hypercloning["lr_scale"]
+    qkv = [v for k, v in scales.items() if f".{FAMILIES[family].qkv}.weight" in k]
+    assert qkv and all(abs(v - 1 / n) < 1e-12 for v in qkv)
+    assert not [k for k in scales if f".{FAMILIES[family].out}.weight" in k]
+
+
+@pytest.mark.parametrize("family", list(ALIBI))
+def test_alibi_clone_composes_with_ffn_and_depth_growth(family: str) -> None:
+    src = _alibi_source(family, 3)
+    big = _clone(src, 2, 3, snr_db=10.0, depth_multiplier=2, tie_word_embeddings=False)
+    assert big.config.hypercloning["verified"] and _alibi_heads(big) == 6
+    ids, mask = _padded_batch()
+    assert hc.verify(src, big, ids, attention_mask=mask) <= ATOL
+
+
+@pytest.mark.parametrize("family", list(ALIBI))
+def test_alibi_clone_reloads_and_generates_the_same_tokens(family: str, tmp_path) -> None:
+    src = _alibi_source(family, 3)
+    big = _clone(src, 2, snr_db=10.0)
+    hc.save_pretrained_atomic(big, tmp_path / "big")
+    loaded = T.AutoModelForCausalLM.from_pretrained(tmp_path / "big")
+    assert type(loaded) is type(src) and _alibi_heads(loaded) == 6
+    ids, mask = _padded_batch()
+    assert hc.verify(src, loaded, ids, attention_mask=mask) <= ATOL
+    prompt = ids[:1, :6]
+    kwargs = {"max_new_tokens": 10, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        assert torch.equal(src.generate(prompt, **kwargs), loaded.eval().generate(prompt, **kwargs))
+
+
+@pytest.mark.parametrize("family", list(ALIBI))
+def test_alibi_dormant_heads_start_silent_and_learn(family: str) -> None:
+    """Dormant heads add nothing at clone time (zero output columns) but are no dead saddle: their output
+    columns get a gradient at once (their q/k/v are real heads' copies), and after one step their q/k/v too."""
+    from hf_salt.hypercloning import alibi
+
+    src = _alibi_source(family, 3)
+    place = alibi.placement(src, 2)
+    assert len(place.dormant) == 3 and sorted(place.slot) == sorted(set(place.slot))
+    big = _clone(src, 2, snr_db=10.0).train()
+    attn = [
+        m for m in big.modules() if isinstance(getattr(m, alibi.FAMILIES[family].out, None), torch.nn.Linear)
+    ]
+    assert len(attn) == 2
+
+    def per_head(w: torch.Tensor) -> torch.Tensor:  # output columns -> one norm per grown head
+        return w.detach().reshape(w.shape[0], 6, 4).pow(2).sum(dim=(0, 2))
+
+    def qkv_rows(w: torch.Tensor) -> torch.Tensor:  # q/k/v rows ([6, 3, 4] BLOOM, [3, 6, 4] MPT) -> per head
+        w = w.detach()
+        if family == "bloom":
+            return w.reshape(6, -1).pow(2).sum(1)
+        return w.reshape(3, 6, -1).pow(2).sum(dim=(0, 2))
+
+    family_spec = alibi.FAMILIES[family]
+    dormant = list(place.dormant)
+    for m in attn:
+        out = getattr(m, family_spec.out).weight
+        assert float(per_head(out)[dormant].max()) == 0.0 and bool(
+            (per_head(out)[list(place.slot)] > 0).all()
+        )
+        assert bool((qkv_rows(getattr(m, family_spec.qkv).weight)[dormant] > 0).all())
+    ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
+    big.config.use_cache = False
+    big(ids, labels=ids).loss.backward()
+    for m in attn:
+        assert bool((per_head(getattr(m, family_spec.out).weight.grad)[dormant] > 0).all())
+        assert float(qkv_rows(getattr(m, family_spec.qkv).weight.grad)[dormant].max()) == 0.0  # silent so far
+    with torch.no_grad():
+        for p in big.parameters():
+            if p.grad is not None:
+                p -= 0.1 * p.grad
+                p.grad = None
+    big(ids, labels=ids).loss.backward()
+    for m in attn:
+        assert bool((qkv_rows(getattr(m, family_spec.qkv).weight.grad)[dormant] > 0).all())
+
+
+def test_alibi_missing_slope_is_impossible_and_other_families_are_not_built(monkeypatch) -> None:
+    """No head count of BLOOM's or MPT's formula misses a slope (see above), so the check is exercised with a
+    hand-shifted grown slope set; it and the model-side placement refuse ``alibi`` before anything is built."""
+    from hf_salt.hypercloning import alibi
+
     monkeypatch.setattr(engine, "build_empty", lambda *a: pytest.fail("built before refusing"))
-    cfg = T.BloomConfig(vocab_size=VOCAB, hidden_size=16, n_layer=1, n_head=2)
-    with pytest.raises(hc.HyperCloningRefused, match=r"(?s)alibi.*not supported yet.*slope") as err:
+    src = _alibi_source("bloom", 2)
+    formula = core.alibi_slopes
+    monkeypatch.setattr(
+        core,
+        "alibi_slopes",
+        lambda h, b=8.0, mpt=False: [e + (0.5 if h == 4 else 0) for e in formula(h, b, mpt)],
+    )
+    with pytest.raises(hc.HyperCloningRefused, match=r"(?s)alibi.*impossible.*slope") as err:
+        hc.clone(src, 2)
+    assert err.value.reason == "alibi" and err.value.impossible
+    monkeypatch.setattr(core, "alibi_slopes", formula)
+    builder = alibi.model_slopes
+    monkeypatch.setattr(
+        alibi, "model_slopes", lambda m, h: [s * (1.5 if h == 4 else 1) for s in builder(m, h)]
+    )
+    with pytest.raises(hc.HyperCloningRefused, match="source head 0's slope") as err:
+        hc.clone(src, 2)
+    assert err.value.reason == "alibi" and err.value.impossible
+    # Falcon can switch ALiBi on: the placement is not built for its attention, so it stays "not built yet"
+    cfg = T.FalconConfig(
+        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, alibi=True
+    )
+    with pytest.raises(hc.HyperCloningRefused, match="built for bloom and mpt only") as err:
         hc.clone(T.AutoModelForCausalLM.from_config(cfg), 2)
     assert err.value.reason == "alibi-dormant-heads" and not err.value.impossible
-    assert isinstance(err.value, NotImplementedError)
-    from transformers.models.bloom.modeling_bloom import build_alibi_tensor
-
-    for heads in (2, 3, 4, 6, 8, 12):  # our slope formula is BLOOM's own
-        mask = torch.ones(1, 2)
-        theirs = build_alibi_tensor(mask, heads, torch.float64)[:, 0, 1]  # position 1: the slope itself
-        ours = torch.tensor([2.0**-e for e in core.alibi_slopes(heads)], dtype=torch.float64)
-        assert torch.allclose(theirs, ours)
 
 
 def test_alibi_depth_growth_keeps_every_slope() -> None:
@@ -535,7 +691,9 @@ def test_bad_tolerance_is_refused() -> None:
             hc.clone(_source("llama3-gqa-rope-scaling"), 2, snr_db=10.0, tolerance=bad)
 
 
-@pytest.mark.parametrize("model_type", ["gpt2", "gemma2", "gemma3_text", "deepseek_v3", "falcon_h1"])
+@pytest.mark.parametrize(
+    "model_type", ["gpt2", "gemma2", "gemma3_text", "deepseek_v3", "falcon_h1", "bloom", "mpt"]
+)
 def test_skipping_verification_gives_the_same_clone(model_type: str) -> None:
     """verify=False used to keep the first layout candidates: wrong fused sections (GPT-2 c_attn, Falcon-H1's
     Mamba in_proj) and Gemma's sqrt(hidden) embedding scale uncompensated. The layouts no longer depend on it."""

@@ -47,6 +47,8 @@ MUST_BE_EXACT = {
     "gpt2",
     "opt",
     "gpt_neox",
+    "bloom",
+    "mpt",
 }
 TYPES = causal_lm_types()
 

@@ -22,13 +22,15 @@ from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from hf_salt.checks import check_finite, check_model_path
 from hf_salt.zoo import parse_dtype
 
-from . import engine
+from . import alibi, engine
 from .probe import probe_inputs, trace
 from .refusals import HyperCloningRefused, UnverifiedCloneWarning
 from .validation import check_grow_args, check_tolerance
 
 DepthMode = Literal["interleave", "append"]
-_ALIBI_TYPES = frozenset({"bloom"})  # families whose attention is always ALiBi (no config switch)
+_ALIBI_TYPES = frozenset(
+    {"bloom", "mpt"}
+)  # families whose attention is always ALiBi (MPT ignores attn_config.alibi)
 # position tables computed from the width (sinusoids with frequencies 10000^(-2i/d)): tiling cannot keep them
 _SINUSOID_TYPES = {
     "ctrl": "its sinusoidal position table is computed from n_embd",
@@ -70,7 +72,8 @@ def _check_model(model: Any) -> None:
 
 
 def _check_alibi(config: PretrainedConfig, c: PretrainedConfig, n: int) -> None:
-    """ALiBi: impossible when a source slope is missing from the grown set, else not built yet (dormant heads)."""
+    """ALiBi: impossible when a source slope is missing from the grown set; else built for BLOOM and MPT
+    (each source head at the grown head with its slope, the others dormant: ``alibi.py``), not for others."""
     f = {**vars(config), **vars(c)}
     heads = next((f[k] for k in ("num_attention_heads", "n_head", "n_heads") if isinstance(f.get(k), int)), 0)
     if n == 1:  # depth only: the head count and so every slope stays
@@ -80,11 +83,13 @@ def _check_alibi(config: PretrainedConfig, c: PretrainedConfig, n: int) -> None:
     if heads:
         small, big = alibi_slopes(heads, max_bias, mpt), alibi_slopes(heads * n, max_bias, mpt)
         if all(any(math.isclose(a, b) for b in big) for a in small):
+            if config.model_type in alibi.FAMILIES:
+                return
             raise HyperCloningRefused(
                 "alibi-dormant-heads",
                 f"{config.model_type} uses ALiBi: the slopes of {heads * n} heads include all {heads} source slopes, "
                 "so an exact clone would put each source head at its own slope and leave the others dormant; "
-                "tiled copies would see different slopes, and that head placement is not built yet.",
+                f"that head placement is built for {' and '.join(sorted(alibi.FAMILIES))} only.",
             )
     missing = (
         f"the slopes of {heads * n} heads do not include every one of the {heads} source slopes"
@@ -195,6 +200,7 @@ def clone(
     if tie_word_embeddings is not None and not isinstance(tie_word_embeddings, bool):
         raise ValueError(f"tie_word_embeddings must be None, True or False, got {tie_word_embeddings!r}.")
     _check_heads(model.config, n)
+    heads = alibi.placement(model, n)  # ALiBi: where each source head goes (refused here if nowhere)
     src_tied = _source_tie(model)
     if tie_word_embeddings and not src_tied:
         raise ValueError(
@@ -275,6 +281,8 @@ def clone(
             dest = destination(keep_tie)
     plan = engine.plan(model, dest, n, m, depth, depth_mode, keep_tie, final_norm)
     plan.final_norm, plan.final_norm_index = final_norm, final_index
+    if heads is not None:
+        alibi.install(model, plan, heads)
     if final_norm is not None:
         offset = engine._norm_offset(
             model.get_submodule(final_norm), next(iter(engine.hidden_sizes(model.config)), 1)

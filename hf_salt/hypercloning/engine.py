@@ -16,6 +16,7 @@ import math
 import re
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,8 @@ class Plan:
     offsets: dict[str, float] = field(default_factory=dict)
     final_norm: str | None = None
     final_norm_index: int | None = None
+    # destination tensor name -> (source tensor, dtype) -> grown tensor: a placement no tiling expresses (ALiBi)
+    custom: dict[str, Callable[[torch.Tensor, torch.dtype], torch.Tensor]] = field(default_factory=dict)
 
 
 def _unique_tensors(model: nn.Module) -> dict[str, list[str]]:
@@ -330,6 +333,8 @@ def fill(model: PreTrainedModel, p: Plan, layout: Layout, dtype: torch.dtype, fi
         dst = _tensor(p.dest, name)
         if name in p.zero:
             grown = torch.zeros(tuple(dst.shape), dtype=dtype if dst.is_floating_point() else dst.dtype)
+        elif name in p.custom:
+            grown = p.custom[name](_tensor(model, p.source_of[name]), dtype)
         elif layout.kind == "copy":
             grown = _tensor(model, p.source_of[name]).detach().clone()
             if grown.is_floating_point():
@@ -677,7 +682,12 @@ def head_size(config: PretrainedConfig) -> int:
         return f["head_dim"]
     hidden = next((f[k] for k in ("hidden_size", "n_embd", "d_model") if isinstance(f.get(k), int)), 0)
     heads = next(
-        (f[k] for k in ("num_attention_heads", "n_head", "num_heads") if isinstance(f.get(k), int)), 0
+        (
+            f[k]
+            for k in ("num_attention_heads", "n_head", "n_heads", "num_heads")
+            if isinstance(f.get(k), int)
+        ),
+        0,
     )
     return hidden // heads if hidden and heads else 0
 

@@ -11,8 +11,9 @@ REASONS: dict[str, tuple[bool, str]] = {
     ),
     "alibi-dormant-heads": (
         False,
-        "ALiBi attention whose grown slope set contains every source slope: an exact clone exists (each source "
-        "head at its own slope, the other heads dormant), but that head placement is not built yet",
+        "ALiBi attention whose grown slope set contains every source slope, in a family other than bloom and mpt: "
+        "an exact clone exists (each source head at its own slope, the other heads dormant), but that head "
+        "placement is built for bloom and mpt only",
     ),
     "width-dependent-function": (
         True,
