@@ -14,7 +14,9 @@ load from other jobs affects every variant alike.
 ``--pipeline`` times what ``hf-salt grow`` does end to end (load the saved source, grow, save), interleaved:
 the floor (load + tile + save, no forward at all), the default (verified) grow, ``--no_verify``, and with
 ``--compare-with`` the other implementation's grow (its clone, then its CLI's second ``verify()`` on 2x16
-tokens). ``--family gemma3`` uses a Gemma-3 text model (its ``sqrt(hidden)`` embedding scale):
+tokens). ``--family gemma3`` uses a Gemma-3 text model (its ``sqrt(hidden)`` embedding scale). Each run prints wall
+seconds and the CPU seconds of the process (steadier on a shared machine); ``--threads 1`` avoids two torch
+threads waiting on each other when other jobs hold the cores:
 
     python benchmarks/hypercloning_speed.py --pipeline --family gemma3 --hidden 512 --ffn 2048 --layers 8 \
         --heads 8 --kv_heads 2 --vocab 32000 --compare-with /tmp/old/hf_salt/hypercloning --repeats 2
