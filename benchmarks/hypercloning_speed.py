@@ -14,7 +14,9 @@ load from other jobs affects every variant alike.
 ``--pipeline`` times what ``hf-salt grow`` does end to end (load the saved source, grow, save), interleaved:
 the floor (load + tile + save, no forward at all), the default (verified) grow, ``--no_verify``, and with
 ``--compare-with`` the other implementation's grow (its clone, then its CLI's second ``verify()`` on 2x16
-tokens). ``--family gemma3`` uses a Gemma-3 text model (its ``sqrt(hidden)`` embedding scale):
+tokens). ``--family gemma3`` uses a Gemma-3 text model (its ``sqrt(hidden)`` embedding scale). Each run prints wall
+seconds and the CPU seconds of the process (steadier on a shared machine); ``--threads 1`` avoids two torch
+threads waiting on each other when other jobs hold the cores:
 
     python benchmarks/hypercloning_speed.py --pipeline --family gemma3 --hidden 512 --ffn 2048 --layers 8 \
         --heads 8 --kv_heads 2 --vocab 32000 --compare-with /tmp/old/hf_salt/hypercloning --repeats 2
@@ -79,7 +81,15 @@ def main() -> None:
     ap.add_argument(
         "--family", default="llama", choices=["llama", "gemma3"], help="source family (--pipeline)"
     )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's; 1 is steadier on a shared machine)",
+    )
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = parse_dtype(args.dtype, "--dtype")
     if args.pipeline:
         pipeline(args, dtype)
@@ -231,22 +241,27 @@ def pipeline(args: argparse.Namespace, dtype: torch.dtype) -> None:
             variants["other grow (verified)"] = lambda out: _grow(folder, args.width, out, True, other, True)
             variants["other grow --no_verify"] = lambda out: _grow(folder, args.width, out, False, other)
         times: dict[str, list[float]] = {k: [] for k in variants}
+        cpu: dict[str, list[float]] = {k: [] for k in variants}  # CPU seconds of this process (all threads)
         for run in variants.values():  # warm-up (imports, first reads of the source files): not timed
             run(os.path.join(tmp, "warm"))
             shutil.rmtree(os.path.join(tmp, "warm"))
+        print(f"{os.cpu_count()} CPUs, {torch.get_num_threads()} threads, load average {os.getloadavg()}")
         for _ in range(args.repeats):
             for name, run in variants.items():
                 gc.collect()
                 out = os.path.join(tmp, "out")
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 run(out)
                 times[name].append(time.perf_counter() - t)
+                cpu[name].append(time.process_time() - c)
                 shutil.rmtree(out)
-                print(f"{name:26s} {times[name][-1]:6.1f}s", flush=True)
-        base = min(times["floor (load+tile+save)"])
+                print(f"{name:26s} {times[name][-1]:6.2f}s  cpu {cpu[name][-1]:6.2f}s", flush=True)
+        print(f"load average {os.getloadavg()}")
+        base, cpu_base = min(times["floor (load+tile+save)"]), min(cpu["floor (load+tile+save)"])
         for name, ts in times.items():
             print(
-                f"{name:26s} min {min(ts):6.1f}s  mean {sum(ts) / len(ts):6.1f}s  min/floor {min(ts) / base:.2f}"
+                f"{name:26s} min {min(ts):6.2f}s  mean {sum(ts) / len(ts):6.2f}s  min/floor {min(ts) / base:.2f}"
+                f"  |  cpu min {min(cpu[name]):6.2f}s  min/floor {min(cpu[name]) / cpu_base:.2f}"
             )
     finally:
         shutil.rmtree(tmp)

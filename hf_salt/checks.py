@@ -206,11 +206,23 @@ def check_finite(model: Any, what: str = "the model") -> None:
     and neither says why. One pass over the weights, before any work."""
     import torch
 
-    bad = []
+    named = [(n, p) for n, p in model.named_parameters() if p.numel() and p.is_floating_point()]
+    # min and max per tensor (NaN propagates, +-inf is an extremum), one host sync per device and dtype:
+    # isfinite() would write a bool per weight (slow in bf16 on CPUs without native bf16 arithmetic)
+    groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.numel() and p.is_floating_point() and not bool(torch.isfinite(p).all()):
-                bad.append(name)
+        for i, (_, p) in enumerate(named):
+            try:
+                ends = torch.stack(torch.aminmax(p))
+            except (RuntimeError, NotImplementedError):  # a dtype without aminmax (float8)
+                ends = torch.isfinite(p).all().reshape(1)
+            groups.setdefault((p.device, ends.dtype), []).append((i, ends))
+        flags: dict[int, bool] = {}
+        for members in groups.values():
+            ok = torch.stack([e for _, e in members])
+            ok = ok if ok.dtype == torch.bool else ok.isfinite()
+            flags.update(zip((i for i, _ in members), ok.all(dim=1).tolist()))
+    bad = [named[i][0] for i in sorted(flags) if not flags[i]]
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise ValueError(

@@ -754,3 +754,67 @@ def test_clone_refuses_non_finite_models_by_name() -> None:
         model.model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN or inf weights in model.layers.0.mlp.up_proj.weight"):
         hc.clone(model, 2)
+
+
+@pytest.mark.parametrize("name", ["llama-mqa-tied", "gemma-mqa", "opt-project-in-out"])
+def test_the_destination_is_never_randomly_initialised(name: str, monkeypatch) -> None:
+    """Every grown tensor is assigned from the source, so no ``_init_weights`` pass runs on the destination
+    (or on the shape twin of the source): the constructor's buffers, the ties and the function stay."""
+    model = _source(name)
+    calls = []
+    real = type(model)._init_weights
+
+    def counting(self, module):
+        calls.append(type(module).__name__)
+        return real(self, module)
+
+    monkeypatch.setattr(type(model), "_init_weights", counting)
+    big = _clone(model, 2)
+    assert calls == []
+    ids = torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(3))
+    assert hc.verify(model, big, ids) < ATOL
+    src_out, big_out = model.get_output_embeddings(), big.get_output_embeddings()
+    tied = src_out.weight is model.get_input_embeddings().weight
+    assert (big_out.weight is big.get_input_embeddings().weight) == tied
+    small_buffers = dict(model.named_buffers())
+    for key, buf in big.named_buffers():  # buffers the constructor computed (RoPE frequencies, scales)
+        if key in small_buffers and buf.shape == small_buffers[key].shape and buf.is_floating_point():
+            assert buf.device.type != "meta" and torch.isfinite(buf).all(), key
+
+
+def test_check_finite_names_every_non_finite_tensor_in_order() -> None:
+    """One reduction per tensor (min and max) finds NaN, +inf and -inf in any float dtype and names them in
+    parameter order; a huge but finite float64 weight is not flagged."""
+    from hf_salt.checks import check_finite
+
+    model = torch.nn.Sequential(*[torch.nn.Linear(300, 300) for _ in range(5)])
+    check_finite(model)
+    huge = torch.nn.Linear(3, 3).double()
+    with torch.no_grad():
+        huge.weight[0, 0] = 1e300  # beyond float32's range, finite in float64
+    check_finite(huge)
+    with torch.no_grad():
+        model[4].weight[299, 299] = float("nan")
+        model[1].bias[7] = float("-inf")
+        model[3].weight[150, 1] = float("inf")
+    for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        with pytest.raises(ValueError, match=r"weights in 1\.bias, 3\.weight, 4\.weight: it cannot"):
+            check_finite(model.to(dtype))
+
+
+def test_rescaled_tiling_is_the_float64_formula_bit_for_bit() -> None:
+    """The scaled pieces (Gemma's embedding, (1 + w) norms) are computed in cache-sized float64 blocks: the
+    same bits as ``(((w + offset) * scale - offset) / divisor)`` on the whole tensor in float64."""
+    from hf_salt.hypercloning.layout import _rescaled
+
+    g = torch.Generator().manual_seed(0)
+    ints = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}
+    for dtype, view in ints.items():
+        for shape in [(5,), (300, 513), (3, 5, 7000)]:
+            src = (torch.randn(shape, generator=g) * 3).to(dtype)
+            src.view(-1)[:4] = torch.tensor([-0.0, float("nan"), float("inf"), -1e-30]).to(dtype)
+            piece = src[..., 1:]  # not contiguous, as a section of a fused tensor is
+            for offset, scale, divisor in [(0.0, 2**-0.5, 1), (1.0, 0.5, 2), (1.0, 3**-0.5, 3)]:
+                want = (((piece.double() + offset) * scale - offset) / divisor).to(dtype)
+                got = _rescaled(piece, offset, scale, divisor, dtype, chunk=4096)
+                assert torch.equal(got.view(view), want.view(view)), (dtype, shape, offset, scale)

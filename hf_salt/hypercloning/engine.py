@@ -157,17 +157,36 @@ def grown_config(
 
 
 def build_empty(model: PreTrainedModel, config: PretrainedConfig) -> PreTrainedModel:
-    """``type(model)(config)`` with meta parameters and real buffers (computed from the grown config)."""
+    """``type(model)(config)`` with meta parameters and real buffers (computed from the grown config).
+
+    No weight initialisation runs (``no_init_weights``): every parameter is assigned from the source
+    afterwards, and a pass of ``_init_weights`` over the modules costs more than building them. Buffers keep
+    the values the modules' constructors compute; the tied weights are tied explicitly.
+    """
     from accelerate import init_empty_weights
+    from transformers.initialization import no_init_weights
 
     try:
-        with init_empty_weights(include_buffers=False), warnings.catch_warnings():
+        with init_empty_weights(include_buffers=False), no_init_weights(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return type(model)._from_config(config, dtype=next(model.parameters()).dtype)
+            dest = type(model)._from_config(config, dtype=next(model.parameters()).dtype)
+            dest.tie_weights()  # init_weights (skipped) would have tied them
+            return dest
     except Exception as err:  # a validator or an assertion of the model class
         raise HyperCloningRefused(
             "config", f"{type(model).__name__} rejects the grown config: {err}"
         ) from err
+
+
+def _config_shapes(model: PreTrainedModel) -> dict[str, tuple[int, ...]]:
+    """The shapes of the state dict that ``model``'s own config describes (built on the meta device)."""
+    try:
+        with torch.device("meta"), warnings.catch_warnings():  # nothing allocated, no initialisation
+            warnings.simplefilter("ignore")
+            twin = type(model)._from_config(model.config, dtype=next(model.parameters()).dtype)
+    except Exception:  # a constructor that needs real tensors: parameters on meta, buffers computed
+        twin = build_empty(model, model.config)
+    return {k: tuple(v.shape) for k, v in twin.state_dict().items()}
 
 
 def _norm_offset(module: nn.Module, width: int) -> float:
@@ -740,8 +759,7 @@ def add_noise(p: Plan, snr_db: float, seed: int, block: int = 0) -> None:
 
 def check_source(model: PreTrainedModel) -> None:
     """The checkpoint's tensors must have the shapes its own config describes (else sizes are misread)."""
-    twin = build_empty(model, model.config)
-    shapes = {k: tuple(v.shape) for k, v in twin.state_dict().items()}
+    shapes = _config_shapes(model)
     for name, t in model.state_dict().items():
         if name in shapes and shapes[name] != tuple(t.shape):
             raise HyperCloningRefused(

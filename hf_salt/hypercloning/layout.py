@@ -219,7 +219,7 @@ def grow_tensor(
         elif exact and divisor & (divisor - 1) == 0:
             piece = (piece / divisor).to(dtype)  # a power of two: exact in any dtype
         else:
-            piece = (((piece.double() + offset) * choice.scale - offset) / divisor).to(dtype)
+            piece = _rescaled(piece, offset, choice.scale, divisor, dtype)
         block = dest[tuple(slice(d, d + size * rep) for _, d, size, rep in combo)]
         for axis in reversed(range(src.dim())):
             _, _, size, rep = combo[axis]
@@ -228,6 +228,22 @@ def grow_tensor(
         expand_shape = [x for _, _, size, rep in combo for x in (rep, size)]
         block.copy_(piece.reshape(view_shape).expand(expand_shape))
     return dest
+
+
+def _rescaled(
+    piece: torch.Tensor, offset: float, scale: float, divisor: int, dtype: torch.dtype, chunk: int = 1 << 16
+) -> torch.Tensor:
+    """``((piece + offset) * scale - offset) / divisor`` in float64, rounded once to ``dtype``.
+
+    Row blocks of about ``chunk`` elements: the float64 temporaries stay in cache, where whole-tensor ones
+    (8 bytes per entry, one per operation) cost a pass over main memory each; same arithmetic, same bits.
+    """
+    out = torch.empty(piece.shape, dtype=dtype, device=piece.device)
+    step = max(1, chunk // max(1, piece[0].numel()))
+    for i in range(0, piece.shape[0], step):
+        x = piece[i : i + step].to(torch.float64, copy=True)  # a copy even for a float64 source
+        out[i : i + step].copy_(x.add_(offset).mul_(scale).sub_(offset).div_(divisor))
+    return out
 
 
 def _block_power(t: torch.Tensor, out_axis: int, block: int) -> torch.Tensor:
