@@ -79,6 +79,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="interleaved repetitions with --compare-with")
     ap.add_argument("--pipeline", action="store_true", help="time load + grow + save against the floor")
     ap.add_argument(
+        "--warmup_rounds",
+        type=int,
+        default=1,
+        help="untimed rounds of every --pipeline variant first (0 for a 1B source, where a round takes minutes)",
+    )
+    ap.add_argument(
         "--family", default="llama", choices=["llama", "gemma3"], help="source family (--pipeline)"
     )
     ap.add_argument(
@@ -242,9 +248,10 @@ def pipeline(args: argparse.Namespace, dtype: torch.dtype) -> None:
             variants["other grow --no_verify"] = lambda out: _grow(folder, args.width, out, False, other)
         times: dict[str, list[float]] = {k: [] for k in variants}
         cpu: dict[str, list[float]] = {k: [] for k in variants}  # CPU seconds of this process (all threads)
-        for run in variants.values():  # warm-up (imports, first reads of the source files): not timed
-            run(os.path.join(tmp, "warm"))
-            shutil.rmtree(os.path.join(tmp, "warm"))
+        for _ in range(args.warmup_rounds):  # warm-up (imports, first reads of the source files): not timed
+            for run in variants.values():
+                run(os.path.join(tmp, "warm"))
+                shutil.rmtree(os.path.join(tmp, "warm"))
         print(f"{os.cpu_count()} CPUs, {torch.get_num_threads()} threads, load average {os.getloadavg()}")
         for _ in range(args.repeats):
             for name, run in variants.items():

@@ -224,3 +224,16 @@ def test_run_keys_depend_only_on_each_arms_own_settings():
         assert (other.run_key("salt-auto") != bench.run_key("salt-auto")) == (
             name in ARMS["salt-auto"].depends_on
         )
+
+
+def test_a_ramped_lr_scale_is_its_own_run_and_needs_the_scale():
+    """hc_lr_scale_steps joins the clone's key only when set, so clones saved before it existed keep their keys."""
+    plain = Benchmark(BenchmarkConfig(max_steps=100, hc_lr_scale=True))
+    assert "hc_lr_scale_steps" not in plain._run_fields("hypercloning")
+    ramped = Benchmark(BenchmarkConfig(max_steps=100, hc_lr_scale=True, hc_lr_scale_steps=40))
+    assert ramped.run_key("hypercloning") != plain.run_key("hypercloning")
+    assert ramped.run_key("baseline") == plain.run_key("baseline")
+    with pytest.raises(ValueError, match="set hc_lr_scale true"):
+        BenchmarkConfig(max_steps=100, hc_lr_scale_steps=40)
+    with pytest.raises(ValueError, match="hc_lr_scale_steps must be >= 0"):
+        BenchmarkConfig(max_steps=100, hc_lr_scale=True, hc_lr_scale_steps=-1)
