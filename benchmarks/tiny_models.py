@@ -65,6 +65,7 @@ _TINY: dict[str, Any] = {
     **dict.fromkeys(("n_group", "num_expert_group", "topk_group"), 1),
     # multi-head latent attention
     **{"q_lora_rank": 16, "kv_lora_rank": 16, "qk_rope_head_dim": 4, "qk_nope_head_dim": 8, "v_head_dim": 8},
+    "o_lora_rank": 16,  # DeepSeek-V4's grouped output projection rank (kept by the growth)
     # state-space layers
     **dict.fromkeys(("state_size", "ssm_state_size", "mamba_d_state", "d_state"), 8),
     **dict.fromkeys(("mamba_d_head", "mamba_head_dim", "mamba_headdim"), 16),
@@ -79,6 +80,12 @@ _TYPE_FIXES: dict[str, dict[str, Any]] = {
     "dory": {"num_hidden_layers": 4, "n_input_layers": 1, "n_recurrent_layers": 2, "n_output_layers": 1},
     # Kimi-Linear: 32 delta-rule heads of 128, sizes the growth keeps (Bailing derives the same fields itself)
     "kimi_linear": {"linear_head_dim": HEAD_DIM, "linear_num_heads": N_HEADS},
+    # Gemma 3n: the last 15 of 35 layers reuse earlier layers' KV caches; two layers (one sliding, one full) leave
+    # no layer of each kind to share from, so none share (four layers with two shared also grow, but the fp32
+    # rounding of their deeper altup stack reaches 2e-5 on logits of scale 30, above the matrix's 1e-5)
+    "gemma3n_text": {"num_kv_shared_layers": 0},
+    # DeepSeek-V4: its sparse-attention indexer (64 heads of 128, sizes the growth keeps) made tiny too
+    "deepseek_v4": {"index_n_heads": N_HEADS, "index_head_dim": HEAD_DIM},
 }
 
 

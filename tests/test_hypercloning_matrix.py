@@ -47,6 +47,11 @@ MUST_BE_EXACT = {
     "gpt2",
     "opt",
     "gpt_neox",
+    # fixed config and section gaps (issue #24)
+    "gemma3n_text",
+    "recurrent_gemma",
+    "deepseek_v4",
+    "laguna",
 }
 TYPES = causal_lm_types()
 
