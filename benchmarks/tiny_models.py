@@ -86,6 +86,17 @@ _TYPE_FIXES: dict[str, dict[str, Any]] = {
     "gemma3n_text": {"num_kv_shared_layers": 0},
     # DeepSeek-V4: its sparse-attention indexer (64 heads of 128, sizes the growth keeps) made tiny too
     "deepseek_v4": {"index_n_heads": N_HEADS, "index_head_dim": HEAD_DIM},
+    # DBRX: its attention reads attn_config.rope_theta (the default sub-config has none) and clamps q/k/v with
+    # clip_qkv (None fails there): DBRX's own 8
+    "dbrx": {"attn_config": {"rope_theta": 10000.0, "clip_qkv": 8.0}},
+    # LFM2-MoE: no default layer list (the model indexes it): one conv and one attention layer, the first dense
+    "lfm2_moe": {"layer_types": ["conv", "full_attention"], "num_dense_layers": 1},
+    # Cohere Compass: RoPE parameters keyed by layer type, empty by default
+    "cohere_compass_text": {
+        "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 10000.0}}
+    },
+    # Zamba: the shared transformer is tied across its hybrid layers, so it needs two of them
+    "zamba": {"num_hidden_layers": 3, "layers_block_type": ["linear_attention", "hybrid", "hybrid"]},
 }
 
 
@@ -185,13 +196,23 @@ def _shrink_layer_lists(defaults: dict[str, Any], out: dict[str, Any]) -> None:
             out[k] = [keep.index(i) for i in v if i in keep]
 
 
+def _merge(into: dict[str, Any], fixes: dict[str, Any]) -> None:
+    """``into.update(fixes)``, merging nested dicts (a sub-config's or a layer's fixes) key by key."""
+    for key, value in fixes.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            into[key] = dict(into[key])
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
 def tiny_config(model_type: str) -> PretrainedConfig:
     """The default config of ``model_type`` with every width/depth/vocabulary field made tiny."""
     overrides = _overrides(AutoConfig.for_model(model_type).to_dict())
     fixes = _TYPE_FIXES.get(model_type, {})
     if "num_hidden_layers" in fixes:
         overrides.pop("layer_types", None)
-    overrides.update(fixes)
+    _merge(overrides, fixes)
     config = AutoConfig.for_model(model_type, **overrides)
     for c in [config, *(v for v in vars(config).values() if isinstance(v, PretrainedConfig))]:
         with contextlib.suppress(Exception):
@@ -219,4 +240,11 @@ def build_tiny(model_type: str, seed: int = 0) -> PreTrainedModel:
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    languages = getattr(config, "languages", None)
+    if (
+        languages
+        and getattr(config, "default_language", None) is None
+        and hasattr(model, "set_default_language")
+    ):
+        model.set_default_language(languages[0])  # X-MOD: one adapter per language, chosen in the config
     return randomise(model, seed).eval()

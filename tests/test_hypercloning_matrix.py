@@ -52,6 +52,9 @@ MUST_BE_EXACT = {
     "recurrent_gemma",
     "deepseek_v4",
     "laguna",
+    "lfm2_moe",
+    "cohere_compass_text",
+    "xmod",
 }
 TYPES = causal_lm_types()
 
