@@ -55,6 +55,7 @@ MUST_BE_EXACT = {
     "lfm2_moe",
     "cohere_compass_text",
     "xmod",
+    "dbrx",
 }
 TYPES = causal_lm_types()
 

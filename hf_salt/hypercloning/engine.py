@@ -480,14 +480,18 @@ def _local_targets(check: Check, div, t) -> list[tuple[int, str]]:
     return out
 
 
-def _apply_observed_sections(model, p: Plan, check: Check, name: str, args, kwargs, local, dtype) -> bool:
-    """Set fused axes to the sections the module's own forward cuts them into (source and clone alike)."""
+def _apply_observed_sections(
+    model, p: Plan, check: Check, name: str, args, kwargs, local, dtype
+) -> list[Layout]:
+    """Set fused axes to the sections the module's own forward cuts them into (source and clone alike).
+
+    Returns the layouts that changed."""
     src_inputs = check.source.inputs.get(name)
     if src_inputs is None:
-        return False
+        return []
     src_cuts = record_splits(model.get_submodule(name), *src_inputs)
     dst_cuts = record_splits(p.dest.get_submodule(name), args, kwargs)
-    changed = False
+    changed: list[Layout] = []
     for lay in local:
         member = lay.members[0]
         src_shape = tuple(_tensor(model, p.source_of[member]).shape)
@@ -505,8 +509,32 @@ def _apply_observed_sections(model, p: Plan, check: Check, name: str, args, kwar
             lay.choices.append(choice)
         lay.index = lay.choices.index(choice)
         fill(model, p, lay, dtype, first_time=False)
-        changed = True
+        changed.append(lay)
     return changed
+
+
+def _observed_contractions(model, p: Plan, check: Check, changed: list[Layout], dtype, matches) -> bool:
+    """With the observed sections kept, try which axis each changed raw tensor contracts (DBRX's flattened
+    experts: ``w1`` and ``w2`` have the same shape, ``x @ w1.T`` contracts one axis and ``h @ w2`` the other)."""
+    options = []
+    for lay in changed:
+        cur = lay.choice
+        found = []
+        for contract in dict.fromkeys(c.contract for c in lay.choices):
+            choice = Choice(cur.segments, contract, cur.scale)
+            if choice not in lay.choices:
+                lay.choices.append(choice)
+            found.append(lay.choices.index(choice))
+        options.append(found)
+    start = [lay.index for lay in changed]
+    for combo in itertools.islice(itertools.product(*options), 64):
+        if list(combo) == start or check.budget <= 0:
+            continue
+        check.budget -= 1
+        _set_layouts(model, p, changed, combo, dtype)
+        if matches():
+            return True
+    return False
 
 
 def _combos(start: list[int], sizes: list[int], max_changes: int = 3):
@@ -553,9 +581,10 @@ def _local_search(
 
     if observed_only:
         before = [lay.index for lay in local]
-        if _apply_observed_sections(model, p, check, name, args, kwargs, local, dtype):
+        changed = _apply_observed_sections(model, p, check, name, args, kwargs, local, dtype)
+        if changed:
             check.budget -= 2
-            if matches():
+            if matches() or _observed_contractions(model, p, check, changed, dtype, matches):
                 return True
             _set_layouts(model, p, local, before, dtype)
         return False
