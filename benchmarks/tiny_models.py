@@ -217,6 +217,8 @@ def tiny_config(model_type: str) -> PretrainedConfig:
     for c in [config, *(v for v in vars(config).values() if isinstance(v, PretrainedConfig))]:
         with contextlib.suppress(Exception):
             c._attn_implementation = "eager"
+    if getattr(config, "languages", None) and vars(config).get("default_language", 0) is None:
+        config.default_language = config.languages[0]  # X-MOD: one adapter per language, chosen in the config
     if not hasattr(config, "pad_token_id"):
         config.pad_token_id = getattr(config.get_text_config(), "pad_token_id", None)
     return config
@@ -240,11 +242,4 @@ def build_tiny(model_type: str, seed: int = 0) -> PreTrainedModel:
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    languages = getattr(config, "languages", None)
-    if (
-        languages
-        and getattr(config, "default_language", None) is None
-        and hasattr(model, "set_default_language")
-    ):
-        model.set_default_language(languages[0])  # X-MOD: one adapter per language, chosen in the config
     return randomise(model, seed).eval()
