@@ -65,6 +65,7 @@ _TINY: dict[str, Any] = {
     **dict.fromkeys(("n_group", "num_expert_group", "topk_group"), 1),
     # multi-head latent attention
     **{"q_lora_rank": 16, "kv_lora_rank": 16, "qk_rope_head_dim": 4, "qk_nope_head_dim": 8, "v_head_dim": 8},
+    "o_lora_rank": 16,  # DeepSeek-V4's grouped output projection rank (kept by the growth)
     # state-space layers
     **dict.fromkeys(("state_size", "ssm_state_size", "mamba_d_state", "d_state"), 8),
     **dict.fromkeys(("mamba_d_head", "mamba_head_dim", "mamba_headdim"), 16),
@@ -79,6 +80,23 @@ _TYPE_FIXES: dict[str, dict[str, Any]] = {
     "dory": {"num_hidden_layers": 4, "n_input_layers": 1, "n_recurrent_layers": 2, "n_output_layers": 1},
     # Kimi-Linear: 32 delta-rule heads of 128, sizes the growth keeps (Bailing derives the same fields itself)
     "kimi_linear": {"linear_head_dim": HEAD_DIM, "linear_num_heads": N_HEADS},
+    # Gemma 3n: the last 15 of 35 layers reuse earlier layers' KV caches; two layers (one sliding, one full) leave
+    # no layer of each kind to share from, so none share (four layers with two shared also grow, but the fp32
+    # rounding of their deeper altup stack reaches 2e-5 on logits of scale 30, above the matrix's 1e-5)
+    "gemma3n_text": {"num_kv_shared_layers": 0},
+    # DeepSeek-V4: its sparse-attention indexer (64 heads of 128, sizes the growth keeps) made tiny too
+    "deepseek_v4": {"index_n_heads": N_HEADS, "index_head_dim": HEAD_DIM},
+    # DBRX: its attention reads attn_config.rope_theta (the default sub-config has none) and clamps q/k/v with
+    # clip_qkv (None fails there): DBRX's own 8
+    "dbrx": {"attn_config": {"rope_theta": 10000.0, "clip_qkv": 8.0}},
+    # LFM2-MoE: no default layer list (the model indexes it): one conv and one attention layer, the first dense
+    "lfm2_moe": {"layer_types": ["conv", "full_attention"], "num_dense_layers": 1},
+    # Cohere Compass: RoPE parameters keyed by layer type, empty by default
+    "cohere_compass_text": {
+        "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 10000.0}}
+    },
+    # Zamba: the shared transformer is tied across its hybrid layers, so it needs two of them
+    "zamba": {"num_hidden_layers": 3, "layers_block_type": ["linear_attention", "hybrid", "hybrid"]},
 }
 
 
@@ -178,17 +196,29 @@ def _shrink_layer_lists(defaults: dict[str, Any], out: dict[str, Any]) -> None:
             out[k] = [keep.index(i) for i in v if i in keep]
 
 
+def _merge(into: dict[str, Any], fixes: dict[str, Any]) -> None:
+    """``into.update(fixes)``, merging nested dicts (a sub-config's or a layer's fixes) key by key."""
+    for key, value in fixes.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            into[key] = dict(into[key])
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
 def tiny_config(model_type: str) -> PretrainedConfig:
     """The default config of ``model_type`` with every width/depth/vocabulary field made tiny."""
     overrides = _overrides(AutoConfig.for_model(model_type).to_dict())
     fixes = _TYPE_FIXES.get(model_type, {})
     if "num_hidden_layers" in fixes:
         overrides.pop("layer_types", None)
-    overrides.update(fixes)
+    _merge(overrides, fixes)
     config = AutoConfig.for_model(model_type, **overrides)
     for c in [config, *(v for v in vars(config).values() if isinstance(v, PretrainedConfig))]:
         with contextlib.suppress(Exception):
             c._attn_implementation = "eager"
+    if getattr(config, "languages", None) and vars(config).get("default_language", 0) is None:
+        config.default_language = config.languages[0]  # X-MOD: one adapter per language, chosen in the config
     if not hasattr(config, "pad_token_id"):
         config.pad_token_id = getattr(config.get_text_config(), "pad_token_id", None)
     return config

@@ -224,6 +224,27 @@ def test_grown_config_reads_one_table_of_sizes() -> None:
         assert grow_config(opt, 2, 2).word_embed_proj_dim == grown
 
 
+def test_grown_config_keeps_the_head_structure_of_grouped_and_per_layer_fields() -> None:
+    """Fields sized in heads grow with the heads: Laguna's per-layer head counts, DeepSeek-V4's output groups
+    (n x the groups keeps each group's heads, so each grouped block is a copy) and RecurrentGemma's recurrence
+    width (cut into one block per head, so the block size stays)."""
+    from hf_salt.hypercloning.config_growth import grow_config
+
+    laguna = T.AutoConfig.for_model(
+        "laguna",
+        hidden_size=32,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        num_attention_heads_per_layer=[4, 2],
+    )
+    assert grow_config(laguna, 2, 2).num_attention_heads_per_layer == [8, 4]
+    v4 = grow_config(T.AutoConfig.for_model("deepseek_v4", num_attention_heads=4, o_groups=2), 3, 3)
+    assert (v4.num_attention_heads, v4.o_groups) == (12, 6)
+    rg = T.AutoConfig.for_model("recurrent_gemma", hidden_size=32, lru_width=32, num_attention_heads=4)
+    grown = grow_config(rg, 2, 2)
+    assert grown.lru_width // grown.num_attention_heads == rg.lru_width // rg.num_attention_heads
+
+
 def test_cannot_tie_an_untied_model() -> None:
     with pytest.raises(ValueError, match="not tied"):
         hc.clone(_source("qwen2-bias"), 2, snr_db=1.0, tie_word_embeddings=True)

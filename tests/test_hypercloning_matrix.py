@@ -49,6 +49,14 @@ MUST_BE_EXACT = {
     "gpt_neox",
     "bloom",
     "mpt",
+    "gemma3n_text",
+    "recurrent_gemma",
+    "deepseek_v4",
+    "laguna",
+    "lfm2_moe",
+    "cohere_compass_text",
+    "xmod",
+    "dbrx",
 }
 TYPES = causal_lm_types()
 

@@ -41,6 +41,7 @@ FIELD_ROLES: dict[str, str] = {
             "projector_output_dim",
             "out_hidden_size",
             "emb_dim",  # XLM's hidden size
+            "lru_width",  # RecurrentGemma's recurrence width, cut into one block per head
         ),
         WIDTH,
     ),
@@ -90,6 +91,8 @@ FIELD_ROLES: dict[str, str] = {
             "n_mamba_heads",
             "linear_num_key_heads",
             "linear_num_value_heads",
+            "num_attention_heads_per_layer",  # Laguna: one head count per layer
+            "o_groups",  # DeepSeek-V4: output groups of heads; n x the groups keeps each group's heads
         ),
         HEADS,
     ),

@@ -292,11 +292,15 @@ def clone(
                 if name.startswith(final_norm + ".") and name.endswith("weight"):
                     plan.offsets[name] = offset
 
-    engine.embedding_scale_prior(model, plan, source_trace, ids, n)  # before the tensors are filled
+    # before the tensors are filled
+    rescaled = engine.embedding_scale_prior(model, plan, source_trace, ids, n)
     engine.assign_all(model, plan, src_dtype, progress=f"HyperCloning {n}x" if progress else None)
     check = engine.Check(
         model, ids, mask, source_trace, engine.hidden_sizes(model.config), n, tol, final_index, depth > 1
     )
+    if rescaled:  # the embedding's own output is rescaled on purpose: the sqrt(hidden) after it undoes that
+        emb = model.get_input_embeddings()
+        check.skip_modules.update(k for k, v in model.named_modules() if v is emb)
     exact = True
     try:  # the layout search runs whatever ``verify`` says: skipping it would change the clone
         engine.search(model, plan, check, src_dtype)

@@ -308,13 +308,10 @@ def plan(
             kind, scales = "head", (1.0, float(n), root)
         elif final_norm and keep_tie and first.startswith(final_norm + "."):
             kind, scales = "vector", (1 / n, 1 / root, 1.0, root / n)
-        elif (
-            len(src_shape) == 2
-            and src_shape[0] == dst_shape[0]
-            and src_shape[1] != dst_shape[1]
-            and not re.search(r"\.\d+\.", first)
-        ):  # a projection out of the residual stream, outside the blocks: may carry a 1/sqrt(hidden) scale
-            scales = (1.0, root, 1 / root)
+        elif len(src_shape) == 2 and src_shape[0] == dst_shape[0] and src_shape[1] != dst_shape[1]:
+            # a projection out of the residual stream to a fixed width: outside the blocks it may carry a
+            # 1/sqrt(hidden) scale; inside, its input may be scaled by 1/hidden (Gemma 3n's AltUp router)
+            scales = (1.0, float(n)) if re.search(r"\.\d+\.", first) else (1.0, root, 1 / root)
         owner = weight_key.get(first[: -len("bias")] + "weight") if first.endswith(".bias") else None
         if owner is not None and kind is None and len(src_shape) == 1 and first not in zero:
             weight_layout = layouts[owner]
@@ -507,14 +504,18 @@ def _local_targets(check: Check, div, t) -> list[tuple[int, str]]:
     return out
 
 
-def _apply_observed_sections(model, p: Plan, check: Check, name: str, args, kwargs, local, dtype) -> bool:
-    """Set fused axes to the sections the module's own forward cuts them into (source and clone alike)."""
+def _apply_observed_sections(
+    model, p: Plan, check: Check, name: str, args, kwargs, local, dtype
+) -> list[Layout]:
+    """Set fused axes to the sections the module's own forward cuts them into (source and clone alike).
+
+    Returns the layouts that changed."""
     src_inputs = check.source.inputs.get(name)
     if src_inputs is None:
-        return False
+        return []
     src_cuts = record_splits(model.get_submodule(name), *src_inputs)
     dst_cuts = record_splits(p.dest.get_submodule(name), args, kwargs)
-    changed = False
+    changed: list[Layout] = []
     for lay in local:
         member = lay.members[0]
         src_shape = tuple(_tensor(model, p.source_of[member]).shape)
@@ -532,8 +533,32 @@ def _apply_observed_sections(model, p: Plan, check: Check, name: str, args, kwar
             lay.choices.append(choice)
         lay.index = lay.choices.index(choice)
         fill(model, p, lay, dtype, first_time=False)
-        changed = True
+        changed.append(lay)
     return changed
+
+
+def _observed_contractions(model, p: Plan, check: Check, changed: list[Layout], dtype, matches) -> bool:
+    """With the observed sections kept, try which axis each changed raw tensor contracts (DBRX's flattened
+    experts: ``w1`` and ``w2`` have the same shape, ``x @ w1.T`` contracts one axis and ``h @ w2`` the other)."""
+    options = []
+    for lay in changed:
+        cur = lay.choice
+        found = []
+        for contract in dict.fromkeys(c.contract for c in lay.choices):
+            choice = Choice(cur.segments, contract, cur.scale)
+            if choice not in lay.choices:
+                lay.choices.append(choice)
+            found.append(lay.choices.index(choice))
+        options.append(found)
+    start = [lay.index for lay in changed]
+    for combo in itertools.islice(itertools.product(*options), 64):
+        if list(combo) == start or check.budget <= 0:
+            continue
+        check.budget -= 1
+        _set_layouts(model, p, changed, combo, dtype)
+        if matches():
+            return True
+    return False
 
 
 def _combos(start: list[int], sizes: list[int], max_changes: int = 3):
@@ -580,9 +605,10 @@ def _local_search(
 
     if observed_only:
         before = [lay.index for lay in local]
-        if _apply_observed_sections(model, p, check, name, args, kwargs, local, dtype):
+        changed = _apply_observed_sections(model, p, check, name, args, kwargs, local, dtype)
+        if changed:
             check.budget -= 2
-            if matches():
+            if matches() or _observed_contractions(model, p, check, changed, dtype, matches):
                 return True
             _set_layouts(model, p, local, before, dtype)
         return False
@@ -618,9 +644,22 @@ def _global_search(
     others = (
         [] if scalars_only else [[lay] for lay in ambiguous if lay not in norm and [lay] not in scalar][:16]
     )
-    for bundle in scalar + others:
+    # a module that first runs after the divergence cannot cause it: its layouts are not tried (each try is a
+    # full traced forward, and the search has a time budget)
+    first_run: dict[str, int] = {}
+    for i, e in enumerate(check.source.events):
+        first_run.setdefault(e.module, i)
+
+    def can_reach(bundle: list[Layout]) -> bool:
+        return any(
+            lay.kind in ("embedding", "head") or first_run.get(x.rpartition(".")[0], -1) <= div.index
+            for lay in bundle
+            for x in lay.members
+        )
+
+    for bundle in [b for b in scalar + others if can_reach(b)]:
         start = [lay.index for lay in bundle]
-        for idx in range(len(bundle[0].choices)):
+        for idx in _scale_first(bundle[0], scalars_only):
             if idx == start[0] or check.budget <= 0:
                 continue
             for lay in bundle:
@@ -641,13 +680,29 @@ def _global_search(
     return False
 
 
-def _with_scale(lay: Layout, scale: float) -> bool:
-    """Switch ``lay`` to the candidate with its current segments and contraction but ``scale``."""
+def _scale_first(lay: Layout, scalars_only: bool) -> list[int]:
+    """Candidate indices of ``lay``, those that change only its scale first (only those when ``scalars_only``).
+
+    The segments were usually settled by a local search already; a width-dependent scalar is then one forward
+    away instead of a sweep through every segmentation.
+    """
+    cur = lay.choice
+    same = [i for i, c in enumerate(lay.choices) if c.segments == cur.segments and c.contract == cur.contract]
+    return same if scalars_only else same + [i for i in range(len(lay.choices)) if i not in same]
+
+
+def _with_scale(lay: Layout, scale: float, add: bool = False) -> bool:
+    """Switch ``lay`` to the candidate with its current segments and contraction but ``scale`` (``add``: adding
+    that candidate when the list lacks it)."""
     cur = lay.choice
     for i, c in enumerate(lay.choices):
         if c.segments == cur.segments and c.contract == cur.contract and math.isclose(c.scale, scale):
             lay.index = i
             return True
+    if add:
+        lay.choices.append(Choice(cur.segments, cur.contract, scale))
+        lay.index = len(lay.choices) - 1
+        return True
     return False
 
 
@@ -683,14 +738,34 @@ def embedding_scale_prior(model: PreTrainedModel, p: Plan, src_trace, ids: torch
     ):
         return False
     emb_name = _weight_name(p.dest, p.dest.get_input_embeddings())
-    root = math.sqrt(n)
+    # the scale the embedding takes: 1/sqrt(n), or the ratio of the two models' own scalars where the model keeps
+    # its sqrt(hidden) as a rounded buffer (RecurrentGemma: a bf16 normalizer, bf16(sqrt(2h)) / bf16(sqrt(h)) is
+    # not sqrt(2))
+    emb_scale = _buffer_ratio(model, p.dest, ratio, n) or 1 / math.sqrt(n)
     changed = False
     for lay in p.layouts.values():
         if emb_name in lay.members and lay.kind == "embedding":
-            changed = _with_scale(lay, 1 / root) or changed
+            changed = _with_scale(lay, emb_scale, add=True) or changed
         elif p.final_norm and lay.kind == "vector" and lay.members[0].startswith(p.final_norm + "."):
-            changed = _with_scale(lay, root / n) or changed
+            changed = _with_scale(lay, 1 / (n * emb_scale), add=True) or changed
     return changed
+
+
+def _buffer_ratio(model: PreTrainedModel, dest: PreTrainedModel, value: float, n: int) -> float | None:
+    """source / clone of the scalar buffer that holds ``value`` in the source (computed from each one's config)."""
+    dest_buffers = dict(dest.named_buffers())
+    for name, b in model.named_buffers():
+        if b.dim() != 0 or not b.is_floating_point() or not math.isclose(float(b), value, rel_tol=1e-5):
+            continue
+        other = dest_buffers.get(name)
+        if other is None or other.device.type == "meta" or other.dim() != 0:
+            continue
+        grown = float(other)
+        if grown and math.isclose(grown / float(b), math.sqrt(n), rel_tol=1e-2):
+            # an fp32 sqrt(hidden) is sqrt(n) apart within its rounding: 1/sqrt(n) stays the scale there
+            exact = math.isclose(grown / float(b), math.sqrt(n), rel_tol=1e-6)
+            return None if exact else float(b) / grown
+    return None
 
 
 def head_size(config: PretrainedConfig) -> int:

@@ -203,7 +203,8 @@ def run_module(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | N
 
 
 class SplitRecorder:
-    """Records where a forward cuts tensors apart (``split``/``chunk``/``narrow``/slices): fused sections.
+    """Records where a forward cuts tensors apart (``split``/``chunk``/``narrow``/slices, a flat parameter viewed
+    as blocks): fused sections.
 
     ``bounds[size]`` is the set of cut points seen on axes of that size. A fused projection's output axis is
     cut into its sections there, which names the layout the shapes alone leave open.
@@ -241,6 +242,11 @@ class SplitRecorder:
             size = t.shape[dim]
             if isinstance(chunks, int) and chunks > 1 and size % chunks == 0:
                 self._add(size, list(range(size // chunks, size, size // chunks)))
+        elif name in ("view", "reshape") and isinstance(t, nn.Parameter):
+            # a flat parameter viewed with its first axis split (DBRX's experts: [E * F, H] as [E, F, H])
+            shape = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list, torch.Size)) else args[1:]
+            if len(shape) == t.dim() + 1 and tuple(shape[2:]) == tuple(t.shape[1:]) and shape[1] > 0:
+                self._add(t.shape[0], list(range(shape[1], t.shape[0], shape[1])))
         elif name == "narrow":
             dim, start, length = (list(args[1:4]) + [None] * 3)[:3]
             if isinstance(dim, int) and isinstance(start, int) and isinstance(length, int):
@@ -286,7 +292,7 @@ def record_splits(module: nn.Module, args: tuple, kwargs: dict) -> SplitRecorder
     from torch.overrides import TorchFunctionMode
 
     recorder = SplitRecorder()
-    names = {"split", "split_with_sizes", "chunk", "narrow", "__getitem__"}
+    names = {"split", "split_with_sizes", "chunk", "narrow", "__getitem__", "view", "reshape"}
 
     class _Mode(TorchFunctionMode):
         def __torch_function__(self, func, types, f_args=(), f_kwargs=None):
