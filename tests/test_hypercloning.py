@@ -839,3 +839,19 @@ def test_rescaled_tiling_is_the_float64_formula_bit_for_bit() -> None:
                 want = (((piece.double() + offset) * scale - offset) / divisor).to(dtype)
                 got = _rescaled(piece, offset, scale, divisor, dtype, chunk=4096)
                 assert torch.equal(got.view(view), want.view(view)), (dtype, shape, offset, scale)
+
+
+def test_a_model_with_one_embedding_per_codebook_is_refused_by_name():
+    """MusicGen's input embedding is a list of tables: refused before any work, not an AttributeError mid-clone."""
+    from transformers import MusicgenForCausalLM
+    from transformers.models.musicgen.configuration_musicgen import MusicgenDecoderConfig
+
+    from hf_salt.hypercloning import HyperCloningRefused
+
+    config = MusicgenDecoderConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, ffn_dim=64, vocab_size=64, num_codebooks=2,
+        pad_token_id=0, bos_token_id=0,
+    )  # fmt: skip
+    with pytest.raises(HyperCloningRefused, match="input embedding is a ModuleList") as err:
+        hc.clone(MusicgenForCausalLM(config), 2)
+    assert err.value.reason == "embeddings" and not err.value.impossible

@@ -154,6 +154,17 @@ def _resolve_dtype(dtype: Any, torch_dtype: Any, default: torch.dtype) -> torch.
     return dtype or default
 
 
+def _check_embeddings(model: PreTrainedModel) -> None:
+    """One input embedding table is what the growth reads; refuse anything else by name before any work."""
+    for which, module in (("input", model.get_input_embeddings()), ("output", model.get_output_embeddings())):
+        if module is not None and not isinstance(getattr(module, "weight", None), torch.Tensor):
+            raise HyperCloningRefused(
+                "embeddings",
+                f"{model.config.model_type}'s {which} embedding is a {type(module).__name__}, not one table with "
+                "a weight (MusicGen has one per codebook).",
+            )
+
+
 def _source_tie(model: PreTrainedModel) -> bool:
     out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
     return out_emb is not None and in_emb is not None and out_emb.weight is in_emb.weight
@@ -200,6 +211,7 @@ def clone(
     if tie_word_embeddings is not None and not isinstance(tie_word_embeddings, bool):
         raise ValueError(f"tie_word_embeddings must be None, True or False, got {tie_word_embeddings!r}.")
     _check_heads(model.config, n)
+    _check_embeddings(model)
     heads = alibi.placement(model, n)  # ALiBi: where each source head goes (refused here if nowhere)
     src_tied = _source_tie(model)
     if tie_word_embeddings and not src_tied:

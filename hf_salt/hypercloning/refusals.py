@@ -22,6 +22,10 @@ REASONS: dict[str, tuple[bool, str]] = {
     "not-pre-norm": (True, "depth growth: a block with zeroed output projections is not the identity"),
     "layout": (False, "a tensor whose grown shape is no whole number of copies of its parts"),
     "mismatch": (False, "no tiling layout found that keeps the function (names the first diverging module)"),
+    "embeddings": (
+        False,
+        "the input or output embedding is not one table with a weight (e.g. one per codebook): not read yet",
+    ),
     "config": (False, "the grown config is rejected by the model class"),
     "not-built-here": (False, "cannot be built here from its default config"),
 }
