@@ -71,7 +71,13 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=128256)
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     ap.add_argument("--width", type=int, default=2)
-    ap.add_argument("--snr_db", "--snr-db", type=float, default=None)
+    ap.add_argument(
+        "--snr_db",
+        "--snr-db",
+        type=float,
+        default=None,
+        help="noise of the clones (with --pipeline: of the grows)",
+    )
     ap.add_argument(
         "--verify", action="store_true", help="also run verify() on 1x8 tokens (slow for big models)"
     )
@@ -213,9 +219,11 @@ def _floor(folder: str, width: int, out: str) -> None:
     plan.dest.save_pretrained(out)
 
 
-def _grow(folder: str, width: int, out: str, verify: bool, package=hc, cli_verify: bool = False) -> None:
+def _grow(
+    folder: str, width: int, out: str, verify: bool, package=hc, cli_verify: bool = False, snr_db=None
+) -> None:
     model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto")
-    big = package.clone(model, width, warn_symmetry=False, verify=verify)
+    big = package.clone(model, width, snr_db=snr_db, warn_symmetry=False, verify=verify)
     if cli_verify:  # the other implementation's CLI checked the logits again on 2x16 tokens
         package.verify(model, big)
     big.save_pretrained(out)
@@ -239,8 +247,8 @@ def pipeline(args: argparse.Namespace, dtype: torch.dtype) -> None:
         del src
         variants = {
             "floor (load+tile+save)": lambda out: _floor(folder, args.width, out),
-            "grow (default, verified)": lambda out: _grow(folder, args.width, out, True),
-            "grow --no_verify": lambda out: _grow(folder, args.width, out, False),
+            "grow (default, verified)": lambda out: _grow(folder, args.width, out, True, snr_db=args.snr_db),
+            "grow --no_verify": lambda out: _grow(folder, args.width, out, False, snr_db=args.snr_db),
         }
         if args.compare_with:
             other = _load_package(args.compare_with)
