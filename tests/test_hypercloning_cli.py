@@ -202,3 +202,21 @@ def test_no_verify_never_writes_a_wrong_clone(src_dir, tmp_path, capsys, monkeyp
     assert main(["grow", str(path), str(tmp_path / "grown"), "--no_verify"]) == 2
     assert "NOT the source's function" in capsys.readouterr().err
     assert not (tmp_path / "grown").exists()
+
+
+def test_grow_adds_the_recipes_noise_unless_told_not_to(src_dir, tmp_path, capsys) -> None:
+    """By default the clone gets 0 dB noise (its copies can separate); --no_noise gives the exact copy."""
+    path, model = src_dir
+    assert main(["grow", str(path), str(tmp_path / "noisy")]) == 0
+    noisy = T.AutoModelForCausalLM.from_pretrained(tmp_path / "noisy")
+    assert noisy.config.hypercloning["snr_db"] == 0.0
+    assert hc.verify(model, noisy) <= 1e-5  # the noise keeps the function
+    assert main(["grow", str(path), str(tmp_path / "exact"), "--no_noise"]) == 0
+    exact = T.AutoModelForCausalLM.from_pretrained(tmp_path / "exact")
+    assert exact.config.hypercloning["snr_db"] is None
+    want = hc.clone(model, 2, warn_symmetry=False).state_dict()
+    assert all(torch.equal(exact.state_dict()[k], want[k]) for k in want)
+    q = "model.layers.0.self_attn.q_proj.weight"  # the noise moved the grown weights, the exact copy did not
+    assert not torch.equal(noisy.state_dict()[q], want[q])
+    assert main(["grow", str(path), str(tmp_path / "both"), "--no_noise", "--snr_db", "10"]) == 2
+    assert "pass one of them" in capsys.readouterr().err and not (tmp_path / "both").exists()

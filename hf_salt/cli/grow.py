@@ -33,10 +33,19 @@ class GrowArguments:
     ffn_multiplier: int | None = field(
         default=None, metadata={"help": "MLP width grows by this integer (default: the width multiplier)."}
     )
-    snr_db: float | None = field(
-        default=None,
+    snr_db: float = field(
+        default=0.0,
         metadata={
-            "help": "Add function-preserving noise at this signal-to-noise ratio in dB (e.g. 10) to break symmetry."
+            "help": "Function-preserving noise at this signal-to-noise ratio in dB (>= 0), so training can separate "
+            "the clone's copies. 0 dB reached the plain model's quality soonest among 0-20 dB in the payoff "
+            "benchmark (docs/hypercloning.md, 'Training a clone')."
+        },
+    )
+    no_noise: bool = field(
+        default=False,
+        metadata={
+            "help": "No noise: an exact copy whose copies stay identical under training (to inspect the clone, or "
+            "for a model trained with dropout). Replaces --snr_db."
         },
     )
     depth_multiplier: int = field(
@@ -80,6 +89,12 @@ class GrowArguments:
         from hf_salt.checks import check_model_path, check_writable
         from hf_salt.hypercloning.validation import check_grow_args
 
+        if self.no_noise:
+            if self.snr_db != GrowArguments.snr_db:
+                raise ValueError(
+                    f"--no_noise adds no noise, --snr_db {self.snr_db:g} does: pass one of them."
+                )
+            self.snr_db = None  # type: ignore[assignment]
         try:
             check_grow_args(
                 self.width_multiplier,

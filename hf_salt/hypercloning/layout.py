@@ -246,12 +246,19 @@ def _rescaled(
     return out
 
 
-def _block_power(t: torch.Tensor, out_axis: int, block: int) -> torch.Tensor:
-    """Mean square of ``t`` per block of ``block`` rows along ``out_axis`` (shape: one value per block)."""
+_CHUNK = 1 << 22  # elements per noise chunk: temporaries stay small and reused, not fresh GBs of pages
+
+
+def _row_blocks(rows: int, block: int) -> int:
+    """Rows per noise-power block: ``block`` when it divides the rows, else the whole tensor."""
+    return block if 0 < block < rows and rows % block == 0 else rows
+
+
+def _block_power(t: torch.Tensor, out_axis: int, b: int) -> torch.Tensor:
+    """Mean square of ``t`` per block of ``b`` rows along ``out_axis`` (float32, one value per block)."""
     rows = t.movedim(out_axis, 0)
-    size = rows.shape[0]
-    b = block if 0 < block < size and size % block == 0 else size
-    return rows.reshape(size // b, b, -1).double().pow(2).mean(dim=(1, 2))
+    flat = rows.reshape(rows.shape[0] // b, -1)
+    return torch.linalg.vector_norm(flat, dim=1, dtype=torch.float32).square() / flat.shape[1]
 
 
 def _per_row(values: torch.Tensor, t: torch.Tensor, out_axis: int) -> torch.Tensor:
@@ -278,7 +285,10 @@ def add_noise_pairs(
     of ``block`` output rows (along ``out_axis``; one head of a q/k/v projection when ``block`` is the head
     size), so every head gets the requested SNR whatever the spread of head norms (the paper's per-block rule;
     a per-tensor power would give small heads far more noise than signal). ``block=0``: the whole tensor.
+    The noise is drawn and added a few row blocks at a time, so a large clone allocates no tensor-sized
+    temporaries.
     """
+    ratio = 10.0 ** (-snr_db / 10.0)
     for axis in choice.contract:
         segs = choice.segments[axis]
         if len(segs) != 1 or segs[0][1] < 2:
@@ -287,13 +297,19 @@ def add_noise_pairs(
         view = dest.unflatten(axis, (rep, size))
         copy = view.select(axis, 0)  # one input copy (W/p before any noise), with dest's axes
         rows_axis = out_axis if out_axis != axis else 0
-        power = _block_power(copy, rows_axis, block)
-        ratio = 10.0 ** (-snr_db / 10.0)
+        rows = copy.shape[rows_axis]
+        b = _row_blocks(rows, block)
+        step = b * max(1, _CHUNK // max(1, copy.numel() // rows * b))  # whole row blocks per chunk
+        spans = [(start, min(rows, start + step)) for start in range(0, rows, step)]
+        power = [_block_power(copy.narrow(rows_axis, a, z - a), rows_axis, b) for a, z in spans]  # before noise
         for k in range(rep // 2):
-            noise = torch.randn(tuple(copy.shape), generator=generator, dtype=torch.float32)
-            noise_power = _block_power(noise, rows_axis, block).clamp_min(1e-30)
-            gain = _per_row((power * ratio / noise_power).sqrt(), noise, rows_axis)
-            noise = (noise.double() * gain).to(dest.dtype)
-            view.select(axis, 2 * k).add_(noise)
-            view.select(axis, 2 * k + 1).sub_(noise)
+            plus, minus = view.select(axis, 2 * k), view.select(axis, 2 * k + 1)
+            for (a, z), signal in zip(spans, power):
+                shape = list(copy.shape)
+                shape[rows_axis] = z - a
+                noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+                gain = (signal * ratio / _block_power(noise, rows_axis, b).clamp_min(1e-30)).sqrt()
+                noise = noise.mul_(_per_row(gain, noise, rows_axis)).to(dest.dtype)
+                plus.narrow(rows_axis, a, z - a).add_(noise)
+                minus.narrow(rows_axis, a, z - a).sub_(noise)
         return
