@@ -301,7 +301,9 @@ def add_noise_pairs(
         b = _row_blocks(rows, block)
         step = b * max(1, _CHUNK // max(1, copy.numel() // rows * b))  # whole row blocks per chunk
         spans = [(start, min(rows, start + step)) for start in range(0, rows, step)]
-        power = [_block_power(copy.narrow(rows_axis, a, z - a), rows_axis, b) for a, z in spans]  # before noise
+        power = [
+            _block_power(copy.narrow(rows_axis, a, z - a), rows_axis, b) for a, z in spans
+        ]  # before noise
         for k in range(rep // 2):
             plus, minus = view.select(axis, 2 * k), view.select(axis, 2 * k + 1)
             for (a, z), signal in zip(spans, power):
