@@ -155,6 +155,10 @@ def test_card_of_a_model_grown_from_a_local_folder(tmp_path, monkeypatch) -> Non
     # "models/small" is a relative LOCAL folder that reads like a Hub id (so does the clone's name): the card
     # must not present it as one. It exists before the load, and the tests run offline: nothing is downloaded.
     monkeypatch.chdir(tmp_path)
+    import huggingface_hub.constants
+
+    # a load that went to the Hub would fail here, not download (the constant is read once, at import)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     build_model("llama-tiny", vocab_size=128, seed=0).save_pretrained("models/small")
     assert (tmp_path / "models" / "small" / "config.json").is_file()
     grown = hc.from_pretrained("models/small", width_multiplier=2)  # no noise: an exact copy
