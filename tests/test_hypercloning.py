@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
+import time
 import warnings
 from collections.abc import Callable
 
@@ -170,7 +172,7 @@ def test_clone_is_exact(name: str, n: int, m: int | None, snr: float | None) -> 
     assert hc.hidden_state_error(src, big) <= ATOL
 
 
-@pytest.mark.parametrize("snr", [10.0, 0.0])
+@pytest.mark.parametrize("snr", [10.0, 0.0, -6.0])
 @pytest.mark.parametrize("name", ["llama3-gqa-rope-scaling", "gpt2", "phi3-fused"])
 def test_noise_changes_weights_but_not_outputs(name: str, snr: float) -> None:
     src = _source(name)
@@ -676,8 +678,8 @@ def test_dtype_strings_are_read_by_the_one_dtype_parser() -> None:
         hc.clone(src, 2, dtype=torch.int8)
 
 
-@pytest.mark.parametrize("snr", [-30.0, -0.5, float("nan"), float("inf")])
-def test_negative_or_non_finite_snr_is_refused_before_work(snr: float, monkeypatch) -> None:
+@pytest.mark.parametrize("snr", [-30.0, -10.5, float("nan"), float("inf")])
+def test_too_negative_or_non_finite_snr_is_refused_before_work(snr: float, monkeypatch) -> None:
     monkeypatch.setattr(engine, "build_empty", lambda *a: pytest.fail("built before validating"))
     with pytest.raises(ValueError, match="snr_db"):
         hc.clone(_source("llama3-gqa-rope-scaling"), 2, snr_db=snr)
@@ -768,6 +770,43 @@ def test_noise_power_is_set_per_head(name: str) -> None:
             assert abs(float(snr) - 10.0) < 0.05, (k, r, float(snr))
             checked += 1
     assert checked >= 8
+
+
+def test_noise_is_the_same_on_any_number_of_threads(monkeypatch) -> None:
+    """Chunks are drawn on all cores, each from its own generator: a seed gives the same clone on a laptop and
+    on a 64-core node, and no two chunks repeat each other's noise."""
+    from hf_salt.hypercloning import layout as layout_mod
+
+    monkeypatch.setattr(layout_mod, "_CHUNK", 64)  # a 32 x 16 copy: 8 chunks of 4 rows
+    choice = layout_mod.Choice(segments=(((32, 2),), ((16, 4),)), contract=(1,))
+    src = torch.randn(32, 64)
+    real, drawn_on = layout_mod._gaussians, {}
+
+    def slow_draw(shape, seed):  # long enough that a free worker is never reused before all have started
+        time.sleep(0.02)
+        drawn_on.setdefault(torch.get_num_threads(), set()).add(threading.get_ident())
+        return real(shape, seed)
+
+    monkeypatch.setattr(layout_mod, "_gaussians", slow_draw)
+    out = {}
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            dest = src.clone()
+            layout_mod.add_noise_pairs(dest, choice, 0.0, torch.Generator().manual_seed(7), block=4)
+            out[n] = dest
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(out[1], out[2]) and torch.equal(out[1], out[3])
+    assert drawn_on[1] == {threading.get_ident()} and len(drawn_on[2]) == 2 and len(drawn_on[3]) == 3
+    noise = (out[1] - src).unflatten(1, (4, 16))
+    assert torch.allclose(noise[:, 0], -noise[:, 1], atol=1e-6) and torch.allclose(
+        noise[:, 2], -noise[:, 3], atol=1e-6
+    )
+    assert not torch.allclose(noise[:, 0], noise[:, 2])  # the second pair has noise of its own
+    blocks = noise[:, 0].reshape(8, -1)
+    assert torch.corrcoef(blocks / blocks.norm(dim=1, keepdim=True)).fill_diagonal_(0).abs().max() < 0.6
 
 
 def test_clone_refuses_non_finite_models_by_name() -> None:

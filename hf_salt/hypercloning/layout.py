@@ -10,9 +10,12 @@ the engine tries them against a traced forward (``probe.py``).
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import math
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -246,7 +249,7 @@ def _rescaled(
     return out
 
 
-_CHUNK = 1 << 22  # elements per noise chunk: temporaries stay small and reused, not fresh GBs of pages
+_CHUNK = 1 << 20  # elements per noise chunk: small reused temporaries, and enough chunks to draw in parallel
 
 
 def _row_blocks(rows: int, block: int) -> int:
@@ -270,6 +273,31 @@ def _per_row(values: torch.Tensor, t: torch.Tensor, out_axis: int) -> torch.Tens
     return rows.reshape(shape)
 
 
+def _gaussians(shape: list[int], seed: int) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+
+
+def _drawn_in_parallel(jobs: list[tuple[list[int], int]]) -> Iterator[torch.Tensor]:
+    """``randn`` for each ``(shape, seed)`` in order, drawn on up to ``torch.get_num_threads()`` threads.
+
+    torch draws Gaussians on one thread per generator, which made the noise the slowest step of a large
+    grow; a generator per chunk lets the cores draw side by side, and the result does not depend on how
+    many there are. At most twice as many chunks as threads are held at once.
+    """
+    threads = min(torch.get_num_threads(), len(jobs))
+    if threads <= 1:
+        yield from (_gaussians(shape, seed) for shape, seed in jobs)
+        return
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending: collections.deque[Future[torch.Tensor]] = collections.deque()
+        for shape, seed in jobs:
+            pending.append(pool.submit(_gaussians, shape, seed))
+            if len(pending) >= 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def add_noise_pairs(
     dest: torch.Tensor,
     choice: Choice,
@@ -285,8 +313,9 @@ def add_noise_pairs(
     of ``block`` output rows (along ``out_axis``; one head of a q/k/v projection when ``block`` is the head
     size), so every head gets the requested SNR whatever the spread of head norms (the paper's per-block rule;
     a per-tensor power would give small heads far more noise than signal). ``block=0``: the whole tensor.
-    The noise is drawn and added a few row blocks at a time, so a large clone allocates no tensor-sized
-    temporaries.
+    The noise is drawn a few row blocks at a time, each chunk from its own generator seeded from
+    ``generator``: no tensor-sized temporaries, the chunks are drawn on all cores, and a seed gives the same
+    clone on any machine.
     """
     ratio = 10.0 ** (-snr_db / 10.0)
     for axis in choice.contract:
@@ -304,14 +333,16 @@ def add_noise_pairs(
         power = [
             _block_power(copy.narrow(rows_axis, a, z - a), rows_axis, b) for a, z in spans
         ]  # before noise
-        for k in range(rep // 2):
-            plus, minus = view.select(axis, 2 * k), view.select(axis, 2 * k + 1)
-            for (a, z), signal in zip(spans, power):
-                shape = list(copy.shape)
-                shape[rows_axis] = z - a
-                noise = torch.randn(shape, generator=generator, dtype=torch.float32)
-                gain = (signal * ratio / _block_power(noise, rows_axis, b).clamp_min(1e-30)).sqrt()
-                noise = noise.mul_(_per_row(gain, noise, rows_axis)).to(dest.dtype)
-                plus.narrow(rows_axis, a, z - a).add_(noise)
-                minus.narrow(rows_axis, a, z - a).sub_(noise)
+        tasks = [(k, a, z, signal) for k in range(rep // 2) for (a, z), signal in zip(spans, power)]
+        seeds = torch.randint(0, 1 << 62, (len(tasks),), generator=generator).tolist()
+        shapes = []
+        for _, a, z, _ in tasks:
+            shape = list(copy.shape)
+            shape[rows_axis] = z - a
+            shapes.append(shape)
+        for (k, a, z, signal), noise in zip(tasks, _drawn_in_parallel(list(zip(shapes, seeds)))):
+            gain = (signal * ratio / _block_power(noise, rows_axis, b).clamp_min(1e-30)).sqrt()
+            noise = noise.mul_(_per_row(gain, noise, rows_axis)).to(dest.dtype)
+            view.select(axis, 2 * k).narrow(rows_axis, a, z - a).add_(noise)
+            view.select(axis, 2 * k + 1).narrow(rows_axis, a, z - a).sub_(noise)
         return

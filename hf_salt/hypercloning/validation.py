@@ -23,16 +23,20 @@ def check_multiplier(name: str, value: Any) -> int:
     return int(value)
 
 
+MIN_SNR_DB = -10.0  # noise 10x the weights' power: the paired noise still cancels, rounding grows with it
+
+
 def check_snr_db(snr_db: Any) -> float | None:
-    """``None`` (no noise) or a finite, non-negative signal-to-noise ratio in dB."""
+    """``None`` (no noise) or a finite signal-to-noise ratio in dB, at least ``MIN_SNR_DB``."""
     if snr_db is None:
         return None
     if isinstance(snr_db, bool) or not isinstance(snr_db, numbers.Real) or not math.isfinite(snr_db):
-        raise ValueError(f"snr_db must be a finite number of decibels (e.g. 10) or None, got {snr_db!r}.")
-    if snr_db < 0:
+        raise ValueError(f"snr_db must be a finite number of decibels (e.g. 0) or None, got {snr_db!r}.")
+    if snr_db < MIN_SNR_DB:
         raise ValueError(
-            f"snr_db={snr_db:g} dB would add noise stronger than the weights themselves; the function would only "
-            "survive up to rounding and training would start from mostly noise. Use snr_db >= 0 (10 is typical)."
+            f"snr_db={snr_db:g} dB would add noise more than {10 ** (-MIN_SNR_DB / 10):g}x stronger than the "
+            "weights; the paired noise cancels only up to rounding, which grows with it, and training would "
+            f"start from mostly noise. Use snr_db >= {MIN_SNR_DB:g} (0 is the recipe's default)."
         )
     return float(snr_db)
 
