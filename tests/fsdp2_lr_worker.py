@@ -39,13 +39,29 @@ def main(out_dir: str) -> None:
         warnings.simplefilter("ignore")  # no noise: an exact clone
         student = clone(build_model("llama-micro", vocab_size=128, seed=0), 2)
     reference, one_rate, initial = copy.deepcopy(student), copy.deepcopy(student), copy.deepcopy(student)
+    late = copy.deepcopy(
+        student
+    )  # sharded after its optimizer is built, as Trainer + accelerate do for FSDP2
     scales = lr_scales(reference)
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, 128, (4, 16), generator=gen) for _ in range(STEPS)]
 
-    def run(model: torch.nn.Module, cls: type = GrownTrainer) -> tuple[list[dict], list[list[float]]]:
+    def shard(model: torch.nn.Module) -> None:
+        for layer in model.model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+
+    def run(
+        model: torch.nn.Module, cls: type = GrownTrainer, shard_late: bool = False
+    ) -> tuple[list[dict], list[list[float]]]:
         trainer = cls(model=model, args=args, **({"lr_scale_steps": RAMP} if cls is GrownTrainer else {}))
         optimizer = trainer.create_optimizer()
+        if shard_late:  # accelerate's prepare: shard, then put each sharded parameter in its old one's group
+            before = {id(p): n for n, p in model.named_parameters()}
+            shard(model)
+            after = dict(model.named_parameters())
+            for group in optimizer.param_groups:
+                group["params"] = [after[before[id(p)]] for p in group["params"]]
         scheduler = trainer.create_scheduler(num_training_steps=4, optimizer=optimizer)
         names = {id(p): n for n, p in model.named_parameters()}
         groups = [
@@ -65,16 +81,15 @@ def main(out_dir: str) -> None:
 
     ref_groups, ref_rates = run(reference)
     run(one_rate, Trainer)  # the plain Trainer: one group per decay setting, one rate
-    for layer in student.model.layers:
-        fully_shard(layer)
-    fully_shard(student)
+    shard(student)
     groups, rates = run(student)
-    full = {
-        n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach()
-        for n, p in student.named_parameters()
-    }
+    late_groups, late_rates = run(late, shard_late=True)
     ref_params = dict(reference.named_parameters())
-    diffs = {n: float((full[n] - ref_params[n].detach()).abs().max()) for n in full}
+    diffs = {}
+    for model in (student, late):
+        for n, p in model.named_parameters():
+            full = (p.full_tensor() if hasattr(p, "full_tensor") else p).detach()
+            diffs[n] = max(diffs.get(n, 0.0), float((full - ref_params[n].detach()).abs().max()))
 
     def gap(a: torch.nn.Module, b: torch.nn.Module) -> float:
         return max(float((p - q).detach().abs().max()) for p, q in zip(a.parameters(), b.parameters()))
@@ -86,10 +101,13 @@ def main(out_dir: str) -> None:
                 "groups": groups,
                 "ref_groups": ref_groups,
                 "rates": rates,
+                "late_groups": late_groups,
+                "late_rates": late_rates,
                 "ref_rates": ref_rates,
                 "max_param_diff": max(diffs.values()),
                 "worst": max(diffs, key=diffs.get),
                 "sharded": sorted(n for n, p in student.named_parameters() if hasattr(p, "full_tensor")),
+                "late_sharded": sorted(n for n, p in late.named_parameters() if hasattr(p, "full_tensor")),
                 "n_params": len(diffs),
                 "moved": gap(reference, initial),
                 "scaled_vs_one_rate": gap(reference, one_rate),
