@@ -56,3 +56,92 @@ def test_salt_under_deepspeed_matches_plain_run(
     assert model.get_output_embeddings().weight.shape[0] == model.config.vocab_size
     mean_loss = lambda h: next(e["train_loss"] for e in h if "train_loss" in e)  # noqa: E731
     assert mean_loss(log_history(tmp_path)) == pytest.approx(mean_loss(reference), abs=1e-3)
+
+
+@pytest.mark.parametrize("config", ["deepspeed_zero2.yaml", "deepspeed_zero3.yaml"], ids=["zero2", "zero3"])
+def test_a_clone_trains_at_its_lr_scales_under_deepspeed_as_in_one_process(tmp_path, models, config) -> None:
+    """GrownLRMixin under DeepSpeed (no optimizer or scheduler in the DS config, so the Trainer builds both):
+    ZeRO keeps the scaled param groups and the ramped LambdaLR, giving the one-process curve, and they act."""
+    import warnings
+
+    from salt_launch import STEPS, curve
+    from transformers import AutoModelForCausalLM
+
+    from hf_salt.hypercloning import clone
+
+    _, teacher = models
+    student = tmp_path / "clone"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no noise: the copies only drift apart through the data
+        clone(AutoModelForCausalLM.from_pretrained(teacher), 2).save_pretrained(student)
+    scaled = ("--hypercloning_lr_scale", "true", "--hypercloning_lr_scale_steps", "4")
+    one = run_single(tmp_path / "one", (student, teacher), *scaled)
+    plain = run_single(tmp_path / "plain", (student, teacher))
+    ds = run_launch(tmp_path / "ds", (student, teacher), config, 2, "--ddp_backend", "gloo", *scaled)
+    assert launch_info(tmp_path / "ds")["distributed_type"] == "DEEPSPEED"
+    assert_same_curve(one, ds, atol=1e-3, grad_rtol=1e-2)
+    # the scales act: from the second step on, the scaled clone's losses are not the one-rate clone's
+    ref, other = curve(one), curve(plain)
+    assert ref[1]["loss"] == pytest.approx(other[1]["loss"], abs=1e-6)
+    assert max(abs(ref[s]["loss"] - other[s]["loss"]) for s in range(2, STEPS + 1)) > 1e-3
+
+
+REFUSAL_SCRIPT = """
+import json, os, sys, warnings
+from transformers import Trainer, TrainingArguments
+from hf_salt.hypercloning import GrownLRMixin, clone
+from hf_salt.zoo import build_model
+
+warnings.simplefilter("ignore")
+ds = {"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stage": 2}, **json.loads(sys.argv[1])}
+args = TrainingArguments(output_dir=sys.argv[2], deepspeed=ds, ddp_backend="gloo", report_to="none")
+
+
+class GrownTrainer(GrownLRMixin, Trainer):
+    pass
+
+
+model = clone(build_model("llama-micro", vocab_size=256, seed=0), 2)
+try:
+    GrownTrainer(model=model, args=args)
+except ValueError as error:
+    print("REFUSED:", error)
+else:
+    print("ACCEPTED")
+"""
+
+
+@pytest.mark.parametrize(
+    ("section", "named"),
+    [
+        ({"optimizer": {"type": "AdamW", "params": {"lr": "auto"}}}, "optimizer (\"optimizer\": 'AdamW')"),
+        ({"scheduler": {"type": "WarmupLR", "params": {}}}, "scheduler (\"scheduler\": 'WarmupLR')"),
+        ({}, None),
+    ],
+    ids=["ds-optimizer", "ds-scheduler", "trainer-builds-both"],
+)
+def test_a_deepspeed_config_with_its_own_optimizer_or_scheduler_is_refused_for_a_scaled_clone(
+    tmp_path, section, named
+) -> None:
+    """With "optimizer" in the DS config Trainer never calls create_optimizer, and DeepSpeed's schedulers set one
+    rate on every group: the scales would be dropped silently, so GrownLRMixin refuses, naming the section."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from salt_launch import REPO, free_port
+
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0"}
+    env.update(LOCAL_RANK="0", WORLD_SIZE="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", REFUSAL_SCRIPT, json.dumps(section), str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = proc.stdout.strip().splitlines()[-1]
+    if named is None:
+        assert out == "ACCEPTED"
+    else:
+        assert out.startswith("REFUSED:") and f"names its own {named}" in out, out
+        assert "Remove the" in out and "--hypercloning_lr_scale false" in out

@@ -120,6 +120,31 @@ def ramp_lr_scales(scheduler: LambdaLR, steps: int) -> LambdaLR:
     return scheduler
 
 
+def refuse_deepspeed_optimizer(trainer: Any) -> None:
+    """Refuse a DeepSpeed config that names its own optimizer or scheduler when a clone's LR scales are on.
+
+    With ``"optimizer"`` in the DS config, Trainer never calls ``create_optimizer`` (DeepSpeed builds one group at
+    one rate); with ``"scheduler"``, DeepSpeed's schedulers set one rate on every group. Either way the scales (and
+    the ramp) would be dropped without a word, so say so before training.
+    """
+    if not getattr(trainer, "is_deepspeed_enabled", False):
+        return
+    plugin = trainer.accelerator.state.deepspeed_plugin
+    config = getattr(getattr(plugin, "hf_ds_config", None), "config", None) or getattr(
+        plugin, "deepspeed_config", {}
+    )
+    named = [key for key in ("optimizer", "scheduler") if key in config]
+    if named:
+        what = ", ".join(f'"{key}": {config[key].get("type", "?")!r}' for key in named)
+        raise ValueError(
+            f"The DeepSpeed config names its own {' and '.join(named)} ({what}): DeepSpeed would then train the "
+            "clone's grown tensors at one learning rate and drop hypercloning_lr_scale (and its ramp) silently. "
+            f"Remove the {' and '.join(repr(k) for k in named)} section(s) from the DeepSpeed config so that "
+            "Trainer builds them (set --learning_rate, --lr_scheduler_type etc. instead), or turn the scales off "
+            "(--hypercloning_lr_scale false)."
+        )
+
+
 class GrownLRMixin:
     """Trainer mixin: a clone's grown tensors train at their recorded learning-rate scale.
 
@@ -136,6 +161,8 @@ class GrownLRMixin:
         if lr_scale_steps < 0:
             raise ValueError(f"lr_scale_steps must be >= 0 (0 keeps the scales), got {lr_scale_steps}.")
         self.lr_scale_steps = lr_scale_steps
+        if self._lr_scaled() and lr_scales(self.model):
+            refuse_deepspeed_optimizer(self)
 
     def _lr_scaled(self) -> bool:
         return bool(getattr(self.args, "hypercloning_lr_scale", True))
