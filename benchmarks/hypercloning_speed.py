@@ -99,6 +99,11 @@ def main() -> None:
         default=None,
         help="torch threads (default: torch's; 1 is steadier on a shared machine)",
     )
+    ap.add_argument(
+        "--one_thread_too",
+        action="store_true",
+        help="with --pipeline: also time the default grow on 1 thread, to see what the other threads buy",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -229,6 +234,15 @@ def _grow(
     big.save_pretrained(out)
 
 
+def _on_one_thread(run, *args, **kwargs) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(*args, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def pipeline(args: argparse.Namespace, dtype: torch.dtype) -> None:
     """Interleaved end-to-end timings of ``hf-salt grow``'s work against the load + tile + save floor."""
     import gc
@@ -250,6 +264,10 @@ def pipeline(args: argparse.Namespace, dtype: torch.dtype) -> None:
             "grow (default, verified)": lambda out: _grow(folder, args.width, out, True, snr_db=args.snr_db),
             "grow --no_verify": lambda out: _grow(folder, args.width, out, False, snr_db=args.snr_db),
         }
+        if args.one_thread_too:
+            variants["grow (default), 1 thread"] = lambda out: _on_one_thread(
+                _grow, folder, args.width, out, True, snr_db=args.snr_db
+            )
         if args.compare_with:
             other = _load_package(args.compare_with)
             variants["other grow (verified)"] = lambda out: _grow(folder, args.width, out, True, other, True)
