@@ -37,17 +37,26 @@ def main(argv: list[str] | None = None) -> dict:
         "--fraction", type=float, required=True, help="The claimed fraction of the baseline's steps."
     )
     ap.add_argument("--output_dir", default=None, help="The benchmark's run folder (default: the config's).")
+    ap.add_argument("--corpus", default=None, help="The corpus the benchmark ran on, if not the config's.")
+    ap.add_argument(
+        "--tokenizer", default=None, help="The tokenizer the benchmark ran with, if not the config's."
+    )
     args = ap.parse_args(argv)
     if not 0 < args.fraction < 1:
         ap.error(f"--fraction must be in (0, 1), got {args.fraction}.")
     raw = yaml.safe_load(Path(args.config).read_text())
-    if args.output_dir:
-        raw["output_dir"] = args.output_dir
+    raw.update({k: getattr(args, k) for k in ("output_dir", "corpus", "tokenizer") if getattr(args, k)})
     full = Benchmark(BenchmarkConfig(**raw))
+    same = "pass the benchmark run's --config, --corpus and --tokenizer (and its other overrides)"
     base_path = full._run_path(args.seed, "baseline")
     if not base_path.exists():
         raise SystemExit(f"{base_path} is missing: run the benchmark for seed {args.seed} first.")
     baseline = json.loads(base_path.read_text())
+    if baseline.get("key") != full.run_key("baseline"):
+        raise SystemExit(f"{base_path} was trained with other settings than these: {same}.")
+    teacher_meta = Path(full.cfg.output_dir) / f"teacher-seed{full.cfg.teacher_seed}" / "teacher.json"
+    if not teacher_meta.exists() or json.loads(teacher_meta.read_text()).get("key") != full.teacher_key():
+        raise SystemExit(f"{teacher_meta.parent} holds no teacher trained with these settings: {same}.")
     target = target_loss(baseline, full.cfg.target_evals)
     every = full.cfg.eval_every
     steps = max(every, math.ceil(args.fraction * full.cfg.max_steps / every) * every)

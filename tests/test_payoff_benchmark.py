@@ -132,3 +132,11 @@ def test_payoff_arms_end_to_end_then_a_confirming_run(tmp_path):
     assert confirm["target_loss"] == pytest.approx(metrics.target_loss(runs["baseline"], 2))
     assert confirm["reached"] == (confirm["final_loss"] <= confirm["target_loss"])
     assert (out / "confirm" / "hypercloning-seed0-4.json").exists()
+    # a run on other data, or with another teacher, is refused by name before any training
+    argv = ["--config", str(config), "--arm", "hypercloning", "--seed", "0", "--fraction", "0.5"]
+    with pytest.raises(SystemExit, match="baseline.json was trained with other settings"):
+        confirm_fraction.main([*argv, "--corpus", "wikitext-2"])
+    cfg["teacher_steps"] = 12  # the teacher saved in the run's folder is the 10-step one
+    config.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit, match="teacher-seed.* holds no teacher trained with these settings"):
+        confirm_fraction.main(argv)
