@@ -103,6 +103,48 @@ def run_launch(
     return log_history(out)
 
 
+def run_torchrun(script: Path, *args: str, timeout: int = 300) -> None:
+    """``python -m torch.distributed.run --nproc_per_node 2 <script> <args>`` on CPU (1 thread per rank)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+    ]
+    proc = subprocess.run(
+        [*cmd, str(script), *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+
+
+LR_SCALED = ("--hypercloning_lr_scale", "true", "--hypercloning_lr_scale_steps", "4")
+
+
+def save_clone(folder: Path, teacher: Path) -> Path:
+    """The teacher grown 2x without noise (its copies drift apart only through the data), saved in ``folder``."""
+    import warnings
+
+    from transformers import AutoModelForCausalLM
+
+    from hf_salt.hypercloning import clone
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clone(AutoModelForCausalLM.from_pretrained(teacher), 2).save_pretrained(folder)
+    return folder
+
+
+def assert_lr_scales_act(scaled: list[dict], one_rate: list[dict]) -> None:
+    """The scaled clone's first step is the one-rate clone's; from the second step on its losses differ."""
+    ref, other = curve(scaled), curve(one_rate)
+    assert ref[1]["loss"] == pytest.approx(other[1]["loss"], abs=1e-6)
+    assert max(abs(ref[s]["loss"] - other[s]["loss"]) for s in range(2, STEPS + 1)) > 1e-3
+
+
 def log_history(out: Path) -> list[dict[str, Any]]:
     return json.loads((out / "trainer_state.json").read_text())["log_history"]
 

@@ -17,7 +17,17 @@ pytest.importorskip(
     reason="deepspeed is not installed: DS_BUILD_OPS=0 DS_BUILD_SHM_COMM=1 pip install --no-build-isolation deepspeed==0.19.8",
 )
 
-from salt_launch import assert_same_curve, launch_info, log_history, run_launch, run_single, save_models  # noqa: E402
+from salt_launch import (  # noqa: E402
+    LR_SCALED,
+    assert_lr_scales_act,
+    assert_same_curve,
+    launch_info,
+    log_history,
+    run_launch,
+    run_single,
+    save_clone,
+    save_models,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -62,28 +72,14 @@ def test_salt_under_deepspeed_matches_plain_run(
 def test_a_clone_trains_at_its_lr_scales_under_deepspeed_as_in_one_process(tmp_path, models, config) -> None:
     """GrownLRMixin under DeepSpeed (no optimizer or scheduler in the DS config, so the Trainer builds both):
     ZeRO keeps the scaled param groups and the ramped LambdaLR, giving the one-process curve, and they act."""
-    import warnings
-
-    from salt_launch import STEPS, curve
-    from transformers import AutoModelForCausalLM
-
-    from hf_salt.hypercloning import clone
-
     _, teacher = models
-    student = tmp_path / "clone"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # no noise: the copies only drift apart through the data
-        clone(AutoModelForCausalLM.from_pretrained(teacher), 2).save_pretrained(student)
-    scaled = ("--hypercloning_lr_scale", "true", "--hypercloning_lr_scale_steps", "4")
-    one = run_single(tmp_path / "one", (student, teacher), *scaled)
+    student = save_clone(tmp_path / "clone", teacher)
+    one = run_single(tmp_path / "one", (student, teacher), *LR_SCALED)
     plain = run_single(tmp_path / "plain", (student, teacher))
-    ds = run_launch(tmp_path / "ds", (student, teacher), config, 2, "--ddp_backend", "gloo", *scaled)
+    ds = run_launch(tmp_path / "ds", (student, teacher), config, 2, "--ddp_backend", "gloo", *LR_SCALED)
     assert launch_info(tmp_path / "ds")["distributed_type"] == "DEEPSPEED"
     assert_same_curve(one, ds, atol=1e-3, grad_rtol=1e-2)
-    # the scales act: from the second step on, the scaled clone's losses are not the one-rate clone's
-    ref, other = curve(one), curve(plain)
-    assert ref[1]["loss"] == pytest.approx(other[1]["loss"], abs=1e-6)
-    assert max(abs(ref[s]["loss"] - other[s]["loss"]) for s in range(2, STEPS + 1)) > 1e-3
+    assert_lr_scales_act(one, plain)
 
 
 REFUSAL_SCRIPT = """

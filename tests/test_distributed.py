@@ -10,13 +10,16 @@ from pathlib import Path
 import pytest
 from salt_launch import (
     KD_STEPS,
+    LR_SCALED,
     STEPS,
+    assert_lr_scales_act,
     assert_same_curve,
     curve,
     launch_info,
     log_history,
     run_launch,
     run_single,
+    save_clone,
     save_models,
 )
 
@@ -115,24 +118,11 @@ def test_auto_switch_agrees_across_ranks(tmp_path, models) -> None:
 
 def test_a_clone_trains_at_its_lr_scales_under_ddp_as_in_one_process(tmp_path, models) -> None:
     """GrownLRMixin under DDP: the scaled, ramped groups give the one-process curve, and they do act."""
-    import warnings
-
-    from transformers import AutoModelForCausalLM
-
-    from hf_salt.hypercloning import clone
-
     _, teacher = models
-    student = tmp_path / "clone"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # no noise: the copies only drift apart through the data
-        clone(AutoModelForCausalLM.from_pretrained(teacher), 2).save_pretrained(student)
-    scaled = ("--hypercloning_lr_scale", "true", "--hypercloning_lr_scale_steps", "4")
-    one = run_single(tmp_path / "one", (student, teacher), *scaled)
+    student = save_clone(tmp_path / "clone", teacher)
+    one = run_single(tmp_path / "one", (student, teacher), *LR_SCALED)
     plain = run_single(tmp_path / "plain", (student, teacher))
-    ddp = run_launch(tmp_path / "ddp", (student, teacher), "ddp_cpu.yaml", 2, "--use_cpu", "true", *scaled)
+    ddp = run_launch(tmp_path / "ddp", (student, teacher), "ddp_cpu.yaml", 2, "--use_cpu", "true", *LR_SCALED)
     assert launch_info(tmp_path / "ddp")["num_processes"] == 2
     assert_same_curve(one, ddp, atol=1e-4, grad_rtol=1e-3)
-    # the scales act: from the second step on, the scaled clone's losses are not the one-rate clone's
-    ref, other = curve(one), curve(plain)
-    assert ref[1]["loss"] == pytest.approx(other[1]["loss"], abs=1e-6)
-    assert max(abs(ref[s]["loss"] - other[s]["loss"]) for s in range(2, STEPS + 1)) > 1e-3
+    assert_lr_scales_act(one, plain)

@@ -9,13 +9,10 @@ root's all-gather and fails with "got mixed torch.Tensor and DTensor".
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from salt_launch import free_port
+from salt_launch import run_torchrun
 
 WORKER = Path(__file__).with_name("fsdp2_worker.py")
 
@@ -23,13 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_fsdp2_sharded_student_matches_unsharded(tmp_path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    port = str(free_port())
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
-    proc = subprocess.run(
-        [*cmd, str(WORKER), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    run_torchrun(WORKER, str(tmp_path))
     for rank in (0, 1):
         res = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert res["n_params"] > 0
@@ -48,20 +39,7 @@ LR_WORKER = Path(__file__).with_name("fsdp2_lr_worker.py")
 def test_fsdp2_sharded_clone_trains_at_its_lr_scales_as_unsharded(tmp_path) -> None:
     """GrownLRMixin's param groups (by name) and ramped LambdaLR on a clone sharded with fully_shard: same groups,
     same scales and rates as unsharded, and 3 AdamW steps give the unsharded parameters (full_tensor())."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-    ]
-    proc = subprocess.run(
-        [*cmd, str(LR_WORKER), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    run_torchrun(LR_WORKER, str(tmp_path))
     for rank in (0, 1):
         res = json.loads((tmp_path / f"rank{rank}.json").read_text())
         # every parameter is a DTensor shard, whether sharded before the optimizer was built or after (the order

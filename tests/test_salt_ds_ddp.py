@@ -10,6 +10,7 @@ import textwrap
 import datasets
 import pytest
 import torch
+from salt_launch import run_torchrun
 
 from hf_salt.salt_ds import score_dataset
 from hf_salt.zoo import build_model
@@ -35,17 +36,7 @@ SCRIPT = textwrap.dedent(
 @pytest.mark.slow
 def test_two_ranks_gather_the_full_scores(tmp_path):
     (tmp_path / "score.py").write_text(SCRIPT)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        str(tmp_path / "score.py"),
-        str(tmp_path),
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_torchrun(tmp_path / "score.py", str(tmp_path), timeout=240)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["n"] == ranks[1]["n"] == 2
     assert len(list(tmp_path.glob("salt_ds-*.arrow"))) == 2  # one cached shard per rank
