@@ -225,7 +225,8 @@ def clone(
         warnings.warn(
             "HyperCloning without noise (snr_db=None) on a model without dropout: the copies inside the clone get "
             "identical gradients and will stay identical during training, so the clone keeps the small model's "
-            "capacity. Pass snr_db (0 trains best: docs/hypercloning.md, 'Training a clone') to break the symmetry while keeping the function exact.",
+            "capacity. Pass snr_db (0 trains best: docs/hypercloning.md, 'Training a clone') to break the "
+            "symmetry while keeping the function exact.",
             UserWarning,
             stacklevel=2,
         )
