@@ -898,3 +898,34 @@ def test_a_model_with_one_embedding_per_codebook_is_refused_by_name():
     with pytest.raises(HyperCloningRefused, match="input embedding is a ModuleList") as err:
         hc.clone(MusicgenForCausalLM(config), 2)
     assert err.value.reason == "embeddings" and not err.value.impossible
+
+
+def test_fused_sections_are_cut_alike_in_source_and_clone_or_not_at_all() -> None:
+    """The last resort splits a fused axis where both models split it: a cut that only one side shows on an axis
+    of the same length (Nemotron-H's sequence padded to the scan's 128-step chunk, in a clone whose SSM width is
+    128) must not refine the layout, and a concatenation (Zamba's ``[hidden; embeddings]``) counts as a cut."""
+    from hf_salt.hypercloning.probe import SplitRecorder, paired_sections, record_splits
+
+    def recorder(cuts: dict[int, list[int]]) -> SplitRecorder:
+        r = SplitRecorder()
+        for size, points in cuts.items():
+            r._add(size, points)
+        return r
+
+    # in_proj -> [gate | x, B, C | dt], then the conv output -> [x | B | C]; 128 is a padded sequence in both
+    src = recorder({164: [64, 160], 96: [64, 80], 128: [8, 127]})
+    dst = recorder({328: [128, 320], 192: [128, 160], 128: [8, 127]})
+    assert paired_sections(src, 164, dst, 328) == [(64, 128), (64, 128), (16, 32), (16, 32), (4, 8)]
+    assert paired_sections(src, 96, dst, 192) == [(64, 128), (16, 32), (16, 32)]
+    assert paired_sections(src, 164, dst, 164) is None  # not cut alike: no layout read from it
+    assert paired_sections(recorder({12: [4]}), 12, recorder({24: [8, 16]}), 24) is None
+
+    class Join(torch.nn.Module):
+        def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+            return torch.cat([x, e], dim=-1) * 2
+
+    small = record_splits(Join(), (torch.ones(1, 3, 32), torch.ones(1, 3, 32)), {}, joins=True)
+    big = record_splits(Join(), (torch.ones(1, 3, 64), torch.ones(1, 3, 64)), {}, joins=True)
+    assert paired_sections(small, 64, big, 128) == [(32, 64), (32, 64)]
+    # the first reading (before the last resort) does not take joins as cuts
+    assert record_splits(Join(), (torch.ones(1, 3, 32), torch.ones(1, 3, 32)), {}).sections(64) is None

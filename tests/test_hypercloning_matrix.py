@@ -57,6 +57,9 @@ MUST_BE_EXACT = {
     "cohere_compass_text",
     "xmod",
     "dbrx",
+    "nemotron_h",
+    "zamba",
+    "zamba2",
 }
 TYPES = causal_lm_types()
 
@@ -123,3 +126,20 @@ def test_the_tiny_builder_shrinks_every_size_the_growth_grows() -> None:
                 ):
                     large[f"{model_type}.{key}"] = value
     assert built > 180 and large == {}
+
+
+def test_a_width_dependent_scale_is_named_in_the_refusal() -> None:
+    """Dory (nGPT) keeps every hidden state on the unit sphere, an L2 norm rather than an RMS norm, so a tiled
+    state comes out n^-1/2 times the tiled source's: the refusal says so rather than only "no layout found"."""
+    if "dory" not in TYPES:
+        pytest.skip("dory is not registered by the installed transformers")
+    from tiny_models import build_tiny
+
+    from hf_salt.hypercloning import HyperCloningRefused, clone
+
+    for n, scale in ((2, "0.7071 (= n^-1/2, n = 2)"), (3, "0.5774 (= n^-1/2, n = 3)")):
+        with pytest.raises(HyperCloningRefused) as err:
+            clone(build_tiny("dory"), n, warn_symmetry=False)
+        assert err.value.reason == "mismatch"
+        assert "'model.layers.0.input_layernorm'" in err.value.detail
+        assert f"it is {scale} times the tiled source's output in every entry" in err.value.detail

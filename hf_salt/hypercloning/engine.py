@@ -26,7 +26,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from .config_growth import grow_config, size_atoms
 from .layout import Choice, Layout, add_noise_pairs, grow_tensor, plan_layout
-from .probe import first_divergence, record_splits, run_module, tiled_error, trace
+from .probe import first_divergence, paired_sections, record_splits, run_module, tiled_error, trace
 from .refusals import HyperCloningRefused
 
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "decoder_layers")
@@ -408,6 +408,7 @@ class Check:
     deadline: float | None = None  # wall clock: the search may take ~30 traced forwards of the clone
     skip_modules: set[str] = field(default_factory=set)  # rescaled on purpose: their own outputs differ
     max_logit_diff: float | None = None  # max |clone - source| logits of the latest traced forward
+    forward_s: float = 0.0  # wall seconds of the first traced forward of the clone
 
     def divergence(self, dest: PreTrainedModel, keep_inputs: bool = False):
         self.budget -= 4  # a full forward costs about as much as a few module re-runs
@@ -432,7 +433,8 @@ class Check:
         head = self.model.get_output_embeddings()
         head_name = next((k for k, v in self.model.named_modules() if v is head), "")
         if self.deadline is None:
-            self.deadline = time.perf_counter() + 30 * (time.perf_counter() - started) + 2.0
+            self.forward_s = time.perf_counter() - started
+            self.deadline = time.perf_counter() + 30 * self.forward_s + 2.0
         skip = {(head_name, "in")} | {(name, "out") for name in self.skip_modules}
         return first_divergence(events, t, self.hidden, self.n, self.tol, skip), t
 
@@ -451,6 +453,9 @@ def search(model: PreTrainedModel, p: Plan, check: Check, dtype: torch.dtype, ma
         p.dest.train(was_training)
 
 
+PAIRED_BUDGET = 160  # module re-runs for the last resort (observed sections, contractions, undone axes)
+
+
 def _search(model: PreTrainedModel, p: Plan, check: Check, dtype: torch.dtype, max_rounds: int) -> None:
     ambiguous = [lay for lay in p.layouts.values() if len(lay.choices) > 1]
     for _ in range(max_rounds):
@@ -467,7 +472,7 @@ def _search(model: PreTrainedModel, p: Plan, check: Check, dtype: torch.dtype, m
             targets, groups = targets[1:], groups[1:]
         for index, module in _local_targets(check, div, t):  # cheap first: the sections the forward cuts
             local = [lay for lay in ambiguous if any(_under(x, module) for x in lay.members)]
-            if local and _local_search(model, p, check, index, module, t, local, dtype, observed_only=True):
+            if local and _local_search(model, p, check, index, module, t, local, dtype, observed="cuts"):
                 fixed = True
                 break
         for i, (index, module) in enumerate([] if fixed else targets):
@@ -481,10 +486,28 @@ def _search(model: PreTrainedModel, p: Plan, check: Check, dtype: torch.dtype, m
         if not fixed:
             fixed = _global_search(model, p, check, div, ambiguous, dtype)
         if not fixed:
+            fixed = _last_resort(model, p, check, div, t, ambiguous, dtype)
+        if not fixed:
             raise HyperCloningRefused("mismatch", div.describe())
     div, _ = check.divergence(p.dest)
     if div is not None:
         raise HyperCloningRefused("mismatch", div.describe())
+
+
+def _last_resort(
+    model: PreTrainedModel, p: Plan, check: Check, div, t, ambiguous, dtype: torch.dtype
+) -> bool:
+    """The sections read again, cut alike in both models and joins included (``observed="paired"``).
+
+    It has module re-runs and time of its own: the searches before it may have spent theirs, more so on a
+    loaded machine."""
+    check.budget = max(check.budget, PAIRED_BUDGET)
+    check.deadline = max(check.deadline or 0.0, time.perf_counter() + 10 * check.forward_s + 1.0)
+    for index, module in _local_targets(check, div, t):
+        local = [lay for lay in ambiguous if any(_under(x, module) for x in lay.members)]
+        if local and _local_search(model, p, check, index, module, t, local, dtype, observed="paired"):
+            return True
+    return False
 
 
 def _local_targets(check: Check, div, t) -> list[tuple[int, str]]:
@@ -505,27 +528,36 @@ def _local_targets(check: Check, div, t) -> list[tuple[int, str]]:
 
 
 def _apply_observed_sections(
-    model, p: Plan, check: Check, name: str, args, kwargs, local, dtype
-) -> list[Layout]:
+    model, p: Plan, check: Check, name: str, args, kwargs, local, dtype, paired: bool = False
+) -> list[tuple[Layout, tuple]]:
     """Set fused axes to the sections the module's own forward cuts them into (source and clone alike).
 
-    Returns the layouts that changed."""
+    ``paired`` (the last resort): concatenations count as cuts, and a section is refined only where both models
+    cut it alike (:func:`paired_sections`). Returns the layouts that changed, each with its segments from before.
+    """
     src_inputs = check.source.inputs.get(name)
     if src_inputs is None:
         return []
-    src_cuts = record_splits(model.get_submodule(name), *src_inputs)
-    dst_cuts = record_splits(p.dest.get_submodule(name), args, kwargs)
-    changed: list[Layout] = []
+    src_cuts = record_splits(model.get_submodule(name), *src_inputs, joins=paired)
+    dst_cuts = record_splits(p.dest.get_submodule(name), args, kwargs, joins=paired)
+    changed: list[tuple[Layout, tuple]] = []
     for lay in local:
         member = lay.members[0]
         src_shape = tuple(_tensor(model, p.source_of[member]).shape)
         dst_shape = tuple(_tensor(p.dest, member).shape)
-        segs = list(lay.choice.segments)
+        before = lay.choice.segments
+        segs = list(before)
         for axis, (s, d) in enumerate(zip(src_shape, dst_shape)):
-            a, b = src_cuts.sections(s), dst_cuts.sections(d)
-            if s == d or not a or not b or len(a) != len(b) or any(y % x for x, y in zip(a, b)):
+            if s == d:
                 continue
-            segs[axis] = tuple((x, y // x) for x, y in zip(a, b))
+            if paired:
+                pairs = paired_sections(src_cuts, s, dst_cuts, d)
+            else:
+                a, b = src_cuts.sections(s), dst_cuts.sections(d)
+                ok = a and b and len(a) == len(b) and not any(y % x for x, y in zip(a, b))
+                pairs = list(zip(a, b)) if ok else None
+            if pairs:
+                segs[axis] = tuple((x, y // x) for x, y in pairs)
         if tuple(segs) == lay.choice.segments:
             continue
         choice = Choice(tuple(segs), lay.choice.contract, lay.choice.scale)
@@ -533,8 +565,43 @@ def _apply_observed_sections(
             lay.choices.append(choice)
         lay.index = lay.choices.index(choice)
         fill(model, p, lay, dtype, first_time=False)
-        changed.append(lay)
+        changed.append((lay, before))
     return changed
+
+
+def _observed_subsets(
+    model, p: Plan, check: Check, changed: list[tuple[Layout, tuple]], dtype, matches
+) -> bool:
+    """Undo the observed sections on one or two axes: an axis of the same length as a cut one is not always
+    cut (Zamba's q_proj output has the length of the ``[hidden; embeddings]`` join that feeds its input)."""
+    units = [
+        (lay, axis)
+        for lay, before in changed
+        for axis, segs in enumerate(lay.choice.segments)
+        if segs != before[axis]
+    ]
+    if len(units) < 2:
+        return False
+    observed = {id(lay): lay.choice for lay, _ in changed}
+    befores = {id(lay): before for lay, before in changed}
+    tries = itertools.chain.from_iterable(itertools.combinations(units, k) for k in (1, 2))
+    for undo in itertools.islice(tries, 80):
+        if check.budget <= 0:
+            break
+        check.budget -= 1
+        for lay, _ in changed:
+            cur = observed[id(lay)]
+            segs = tuple(
+                befores[id(lay)][axis] if (lay, axis) in undo else seg
+                for axis, seg in enumerate(cur.segments)
+            )
+            choice = Choice(segs, cur.contract, cur.scale)
+            if choice not in lay.choices:
+                lay.choices.append(choice)
+            _set_layouts(model, p, [lay], [lay.choices.index(choice)], dtype)
+        if matches():
+            return True
+    return False
 
 
 def _observed_contractions(model, p: Plan, check: Check, changed: list[Layout], dtype, matches) -> bool:
@@ -558,6 +625,7 @@ def _observed_contractions(model, p: Plan, check: Check, changed: list[Layout], 
         _set_layouts(model, p, changed, combo, dtype)
         if matches():
             return True
+    _set_layouts(model, p, changed, start, dtype)
     return False
 
 
@@ -591,9 +659,13 @@ def _local_search(
     t,
     local: list[Layout],
     dtype,
-    observed_only: bool = False,
+    observed: str | None = None,
 ) -> bool:
-    """Try layouts of the tensors under one module, re-running only that module on its recorded inputs."""
+    """Try layouts of the tensors under one module, re-running only that module on its recorded inputs.
+
+    ``observed``: only the sections the module's forward cuts (``"cuts"``), or the last resort (``"paired"``:
+    cut alike in both models, joins included, one or two axes undone); ``None``: the candidate combinations.
+    """
     module = p.dest.get_submodule(name)
     args, kwargs = t.inputs[name]
     expected = check.source.events[index].tensor
@@ -603,12 +675,17 @@ def _local_search(
         err = None if out is None else tiled_error(expected, out, check.hidden, check.n)
         return err is not None and err <= check.tol
 
-    if observed_only:
+    if observed:
         before = [lay.index for lay in local]
-        changed = _apply_observed_sections(model, p, check, name, args, kwargs, local, dtype)
+        paired = observed == "paired"
+        changed = _apply_observed_sections(model, p, check, name, args, kwargs, local, dtype, paired)
         if changed:
             check.budget -= 2
-            if matches() or _observed_contractions(model, p, check, changed, dtype, matches):
+            if (
+                matches()
+                or _observed_contractions(model, p, check, [lay for lay, _ in changed], dtype, matches)
+                or (paired and _observed_subsets(model, p, check, changed, dtype, matches))
+            ):
                 return True
             _set_layouts(model, p, local, before, dtype)
         return False

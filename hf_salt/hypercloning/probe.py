@@ -39,6 +39,8 @@ class Divergence:
     module: str
     kind: str
     error: float
+    scale: float | None = None  # the clone's output is this multiple of the tiled source's, entry by entry
+    n: int = 1
 
     def describe(self) -> str:
         where = (
@@ -46,7 +48,31 @@ class Divergence:
             if self.module == ""
             else f"the {'input' if self.kind == 'in' else 'output'} of {self.module!r}"
         )
-        return f"{where} differ from the tiled source by {self.error:.3g}"
+        text = f"{where} differ from the tiled source by {self.error:.3g}"
+        if self.scale is None:
+            return text
+        powers = {"n^-1/2": -0.5, "n^1/2": 0.5, "1/n": -1.0, "n": 1.0}
+        named = next(
+            (k for k, e in powers.items() if math.isclose(self.scale, self.n**e, rel_tol=1e-3)), None
+        )
+        return (
+            f"{text}; it is {self.scale:.4g}{f' (= {named}, n = {self.n})' if named else ''} times the tiled "
+            "source's output in every entry: a scale that depends on the width (e.g. a norm over the sum, not "
+            "the mean, of squares)"
+        )
+
+
+def _uniform_scale(small: torch.Tensor, large: torch.Tensor, n: int, tol: float) -> float | None:
+    """``r`` when ``large`` is ``r * tile(small)`` in every entry (``r`` not 1), else None."""
+    if large.shape != small.shape:
+        small = small.repeat(*([1] * (small.dim() - 1)), n)
+    a, b = large.double(), small.double()
+    power = float((b * b).sum())
+    if not (power > 0 and torch.isfinite(a).all()):
+        return None
+    r = float((a * b).sum()) / power
+    residual = float((a - r * b).abs().max()) / max(1.0, float(b.abs().max()))
+    return r if residual <= tol and abs(r - 1.0) > 10 * tol else None
 
 
 def _first_tensor(x: Any) -> torch.Tensor | None:
@@ -187,7 +213,7 @@ def first_divergence(
             continue
         err = tiled_error(e.tensor, other.tensor, hidden, n)
         if err is not None and err > tol:
-            return Divergence(i, e.module, e.kind, err)
+            return Divergence(i, e.module, e.kind, err, _uniform_scale(e.tensor, other.tensor, n, tol), n)
     if src.logits is not None and dst.logits is not None:
         err = tiled_error(src.logits, dst.logits, set(), 1)
         if err is None or err > tol:
@@ -219,6 +245,9 @@ class SplitRecorder:
             self.bounds.setdefault(size, set()).update(inner)
 
     def record(self, name: str, args: tuple, kwargs: dict) -> None:
+        if name in ("cat", "concat", "concatenate") and args and isinstance(args[0], (list, tuple)):
+            self._record_join(args[0], args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis", 0)))
+            return
         if not args or not isinstance(args[0], torch.Tensor) or args[0].dim() == 0:
             return
         t = args[0]
@@ -267,6 +296,18 @@ class SplitRecorder:
                     start, stop, _ = i.indices(size)
                     self._add(size, [start, stop])
 
+    def _record_join(self, parts: list | tuple, dim: int) -> None:
+        """A concatenation is a split read backwards: Zamba's ``[hidden; embeddings]`` feeds one norm and q/k/v,
+        so their joined axis is two sections, each grown on its own."""
+        parts = [x for x in parts if isinstance(x, torch.Tensor) and x.dim() > 0 and x.numel() > 0]
+        if len(parts) < 2 or len({x.dim() for x in parts}) != 1:
+            return
+        acc, cuts = 0, []
+        for x in parts:
+            acc += x.shape[dim]
+            cuts.append(acc)
+        self._add(acc, cuts)
+
     def sections(self, size: int) -> list[int] | None:
         """Section lengths of an axis of ``size``, refined by the cuts seen on sections of each length."""
         cuts = self._cuts(size, 0, depth=0)
@@ -286,13 +327,42 @@ class SplitRecorder:
                 out |= self._cuts(b - a, offset + a, depth + 1)
         return out
 
+    def _own(self, size: int) -> list[int] | None:
+        cuts = self.bounds.get(size)
+        if not cuts:
+            return None
+        points = [0, *sorted(cuts), size]
+        return [b - a for a, b in zip(points, points[1:])]
 
-def record_splits(module: nn.Module, args: tuple, kwargs: dict) -> SplitRecorder:
-    """Run ``module`` once on recorded inputs and collect its cut points."""
+
+def paired_sections(
+    source: SplitRecorder, size: int, dest: SplitRecorder, dest_size: int, depth: int = 0
+) -> list[tuple[int, int]] | None:
+    """The sections of a source axis and of its grown axis, side by side: ``[(length, grown length), ...]``.
+
+    A section is refined only where the source and the clone cut it into as many parts, each grown by a whole
+    factor: cuts that one side alone shows belong to another axis of the same length (a sequence padded to
+    the scan's chunk of 128 in one model, a width of 128 in the other), not to the fused projection.
+    ``None`` when the two axes are not cut alike at all.
+    """
+    a, b = source._own(size), dest._own(dest_size)
+    if not a or not b or len(a) != len(b) or any(y % x for x, y in zip(a, b)):
+        return None
+    out: list[tuple[int, int]] = []
+    for x, y in zip(a, b):
+        inner = paired_sections(source, x, dest, y, depth + 1) if depth < 3 and x != size else None
+        out += inner or [(x, y)]
+    return out
+
+
+def record_splits(module: nn.Module, args: tuple, kwargs: dict, joins: bool = False) -> SplitRecorder:
+    """Run ``module`` once on recorded inputs and collect its cut points (``joins``: concatenations too)."""
     from torch.overrides import TorchFunctionMode
 
     recorder = SplitRecorder()
     names = {"split", "split_with_sizes", "chunk", "narrow", "__getitem__", "view", "reshape"}
+    if joins:
+        names |= {"cat", "concat", "concatenate"}
 
     class _Mode(TorchFunctionMode):
         def __torch_function__(self, func, types, f_args=(), f_kwargs=None):
