@@ -8,6 +8,7 @@ new rows. Each row builds the type tiny in fp32, grows it 2x and 3x wide, saves 
 from __future__ import annotations
 
 import pytest
+import torch
 from hypercloning_coverage import causal_lm_types, run_row
 
 from hf_salt.hypercloning import REASONS
@@ -143,3 +144,31 @@ def test_a_width_dependent_scale_is_named_in_the_refusal() -> None:
         assert err.value.reason == "mismatch"
         assert "'model.layers.0.input_layernorm'" in err.value.detail
         assert f"it is {scale} times the tiled source's output in every entry" in err.value.detail
+
+
+def test_the_last_resort_has_time_of_its_own_after_a_slow_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Zamba2's shared block is fixed only by the last resort, after the whole-forward search; on a loaded
+    machine that search can spend the deadline and the re-run budget, and the clone must still come out exact."""
+    import time
+
+    from tiny_models import build_tiny
+
+    from hf_salt.hypercloning import clone, engine
+
+    searched = []
+    real = engine._global_search
+
+    def slow_global_search(model, p, check, div, ambiguous, dtype, scalars_only=False):
+        found = real(model, p, check, div, ambiguous, dtype, scalars_only=scalars_only)
+        if not found and not scalars_only:  # as if each of its forwards had taken far longer
+            searched.append(check.budget)
+            check.budget, check.deadline = 0, time.perf_counter() - 1.0
+        return found
+
+    monkeypatch.setattr(engine, "_global_search", slow_global_search)
+    model = build_tiny("zamba2")
+    ids = torch.randint(0, model.config.vocab_size, (2, 12))
+    big = clone(model, 2, warn_symmetry=False)
+    assert searched, "the whole-forward search did not run before the last resort"
+    with torch.no_grad():
+        assert float((big(ids).logits - model(ids).logits).abs().max()) <= 1e-5
