@@ -14,7 +14,7 @@ import torch
 import transformers as T
 
 from hf_salt import hypercloning as hc
-from hf_salt.hypercloning import core, engine
+from hf_salt.hypercloning import core, engine, probe
 from hf_salt.hypercloning.engine import RESIDUAL_OUT
 
 ATOL = 1e-5
@@ -929,3 +929,41 @@ def test_fused_sections_are_cut_alike_in_source_and_clone_or_not_at_all() -> Non
     assert paired_sections(small, 64, big, 128) == [(32, 64), (32, 64)]
     # the first reading (before the last resort) does not take joins as cuts
     assert record_splits(Join(), (torch.ones(1, 3, 32), torch.ones(1, 3, 32)), {}).sections(64) is None
+
+
+@pytest.mark.parametrize("name", ["llama3-gqa-rope-scaling", "gpt2"])
+def test_a_noisy_clone_settled_at_once_is_the_clone_searched_first(name: str, monkeypatch) -> None:
+    """With noise, the first traced forward of the clone is of the noisy clone: for Llama it settles the layouts
+    and checks the clone in one forward; GPT-2's fused ``c_attn`` needs the search, so the noise is taken out,
+    the layouts are searched and the same noise goes back in. Forcing that second path must give the same
+    tensors, and so must ``verify=False``."""
+    src = _source(name)
+    real = engine.Check.divergence
+    calls: list[bool] = []
+
+    def counted(self, dest, keep_inputs=False):
+        calls.append(keep_inputs)
+        return real(self, dest, keep_inputs)
+
+    monkeypatch.setattr(engine.Check, "divergence", counted)
+    fast = hc.clone(src, 2, snr_db=0.0, seed=5, warn_symmetry=False)
+    forwards = len(calls)
+
+    def first_one_differs(self, dest, keep_inputs=False):
+        calls.append(keep_inputs)
+        if len(calls) == 1:  # as if the noisy clone had differed: refill, search, noise again, check
+            return probe.Divergence(0, "model", "out", 1.0), None
+        return real(self, dest, keep_inputs)
+
+    calls.clear()
+    monkeypatch.setattr(engine.Check, "divergence", first_one_differs)
+    searched = hc.clone(src, 2, snr_db=0.0, seed=5, warn_symmetry=False)
+    monkeypatch.setattr(engine.Check, "divergence", real)
+    unverified = hc.clone(src, 2, snr_db=0.0, seed=5, warn_symmetry=False, verify=False)
+    for other in (searched, unverified):
+        assert all(torch.equal(v, other.state_dict()[k]) for k, v in fast.state_dict().items())
+    assert hc.verify(src, fast) <= ATOL
+    if name == "gpt2":
+        assert forwards > 2  # the noisy forward, then the search's own, then the check after the noise
+    else:
+        assert forwards == 1  # one forward chose the layouts and checked the noisy clone

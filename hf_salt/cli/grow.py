@@ -75,7 +75,8 @@ class GrowArguments:
         default=True,
         metadata={
             "help": "Refuse a clone that differs from the source (--no_verify only skips the re-check after the "
-            "noise; the layouts are chosen by the same traced forward either way, so the clone is the same)."
+            "noise where the layouts needed a search; they are chosen by the same traced forwards either way, so "
+            "the clone is the same)."
         },
     )
     tolerance: float = field(

@@ -198,7 +198,8 @@ def clone(
     ``tolerance`` (1e-4 relative in float32, 5e-2 in 16-bit), else :class:`HyperCloningRefused` names the first
     module whose output diverged. That traced forward also chooses the layouts, so it runs with ``verify=False``
     too and the clone is the same tensor for tensor; ``verify=False`` only skips the re-check after the noise
-    and turns a remaining difference into a warning (``config.hypercloning['verified']`` is then False).
+    (needed only where the layouts were searched: otherwise the one forward was of the noisy clone) and turns a
+    remaining difference into a warning (``config.hypercloning['verified']`` is then False).
     The probe's max |logit difference| is recorded in ``config.hypercloning['probe_max_logit_diff']``.
     """
     n, m, depth, snr_db = check_grow_args(
@@ -314,30 +315,43 @@ def clone(
     if rescaled:  # the embedding's own output is rescaled on purpose: the sqrt(hidden) after it undoes that
         emb = model.get_input_embeddings()
         check.skip_modules.update(k for k, v in model.named_modules() if v is emb)
+    noisy = snr_db is not None and (n > 1 or m > 1)
+    block = engine.head_size(model.config)
+    # The first layouts are right for most decoders (Llama, Qwen, Mistral, ...): with the noise added at once, one
+    # traced forward of the clone both settles the layouts (nothing to change) and checks the noisy clone that is
+    # returned. Otherwise the noise is taken out again and the search runs as without noise, then the same noise
+    # (same seed, same layouts' order) goes back in: the clone is the same either way.
+    settled = False
+    if noisy:
+        engine.add_noise(plan, snr_db, seed, block=block)
+        settled = check.divergence(plan.dest)[0] is None
+        if not settled:
+            engine.remove_noise(model, plan, src_dtype)
     exact = True
-    try:  # the layout search runs whatever ``verify`` says: skipping it would change the clone
-        engine.search(model, plan, check, src_dtype)
-    except HyperCloningRefused as err:
-        if depth > 1 and err.reason == "mismatch" and n == 1:
-            raise HyperCloningRefused(
-                "not-pre-norm",
-                f"{err.detail}: the identity blocks are not identities here (post-norm, or a residual branch "
-                "whose output projection is not recognised)",
-            ) from err
-        if verify or err.reason != "mismatch":
-            raise
-        exact = False
-        warnings.warn(
-            f"verify=False: the clone is NOT the source's function ({err.detail}); returned unverified.",
-            UnverifiedCloneWarning,
-            stacklevel=2,
-        )
-    if snr_db is not None and (n > 1 or m > 1):
-        engine.add_noise(plan, snr_db, seed, block=engine.head_size(model.config))
-        if verify:
-            div, _ = check.divergence(plan.dest)
-            if div is not None:
-                raise HyperCloningRefused("mismatch", f"after adding noise, {div.describe()}")
+    if not settled:
+        try:  # the layout search runs whatever ``verify`` says: skipping it would change the clone
+            engine.search(model, plan, check, src_dtype)
+        except HyperCloningRefused as err:
+            if depth > 1 and err.reason == "mismatch" and n == 1:
+                raise HyperCloningRefused(
+                    "not-pre-norm",
+                    f"{err.detail}: the identity blocks are not identities here (post-norm, or a residual branch "
+                    "whose output projection is not recognised)",
+                ) from err
+            if verify or err.reason != "mismatch":
+                raise
+            exact = False
+            warnings.warn(
+                f"verify=False: the clone is NOT the source's function ({err.detail}); returned unverified.",
+                UnverifiedCloneWarning,
+                stacklevel=2,
+            )
+        if noisy:
+            engine.add_noise(plan, snr_db, seed, block=block)
+            if verify:
+                div, _ = check.divergence(plan.dest)
+                if div is not None:
+                    raise HyperCloningRefused("mismatch", f"after adding noise, {div.describe()}")
     if out_dtype != src_dtype:
         plan.dest.to(out_dtype)
     dest.config.dtype = out_dtype

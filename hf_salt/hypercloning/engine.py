@@ -886,6 +886,17 @@ def lr_scales(p: Plan) -> dict[str, float]:
     return dict(sorted(out.items()))
 
 
+def _noisy(layout: Layout) -> bool:
+    return layout.kind in ("linear", "conv1d", "raw", "conv") and bool(layout.choice.contract)
+
+
+def remove_noise(model: PreTrainedModel, p: Plan, dtype: torch.dtype) -> None:
+    """Refill every tensor :func:`add_noise` touched from the source: the clone as it was before the noise."""
+    for layout in p.layouts.values():
+        if _noisy(layout):
+            fill(model, p, layout, dtype, first_time=False)
+
+
 def add_noise(p: Plan, snr_db: float, seed: int, block: int = 0) -> None:
     """Function-preserving +/- noise in every contracted layer except embeddings and the output head.
 
@@ -893,7 +904,7 @@ def add_noise(p: Plan, snr_db: float, seed: int, block: int = 0) -> None:
     """
     generator = torch.Generator().manual_seed(seed)
     for layout in p.layouts.values():
-        if layout.kind in ("linear", "conv1d", "raw", "conv") and layout.choice.contract:
+        if _noisy(layout):
             for name in layout.members:
                 if name in p.zero or name in layout.project:
                     continue
