@@ -86,4 +86,10 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    try:
+        main(sys.argv[1])
+    finally:  # a gloo group left alive at exit can abort the process ("terminate called without an active
+        # exception") after the work is done: both ranks leave it together
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
