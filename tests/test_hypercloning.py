@@ -931,7 +931,9 @@ def test_fused_sections_are_cut_alike_in_source_and_clone_or_not_at_all() -> Non
     assert record_splits(Join(), (torch.ones(1, 3, 32), torch.ones(1, 3, 32)), {}).sections(64) is None
 
 
-@pytest.mark.parametrize("name", ["llama3-gqa-rope-scaling", "gpt2"])
+@pytest.mark.parametrize(
+    "name", ["llama3-gqa-rope-scaling", "mistral-mha", "qwen2-bias", "qwen3-qknorm", "gpt2"]
+)
 def test_a_noisy_clone_settled_at_once_is_the_clone_searched_first(name: str, monkeypatch) -> None:
     """With noise, the first traced forward of the clone is of the noisy clone: for Llama it settles the layouts
     and checks the clone in one forward; GPT-2's fused ``c_attn`` needs the search, so the noise is taken out,

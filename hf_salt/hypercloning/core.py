@@ -317,7 +317,7 @@ def clone(
         check.skip_modules.update(k for k, v in model.named_modules() if v is emb)
     noisy = snr_db is not None and (n > 1 or m > 1)
     block = engine.head_size(model.config)
-    # The first layouts are right for most decoders (Llama, Qwen, Mistral, ...): with the noise added at once, one
+    # The first layouts are right for many decoders (Llama, Mistral, Qwen2/3): with the noise added at once, one
     # traced forward of the clone both settles the layouts (nothing to change) and checks the noisy clone that is
     # returned. Otherwise the noise is taken out again and the search runs as without noise, then the same noise
     # (same seed, same layouts' order) goes back in: the clone is the same either way.
